@@ -10,14 +10,17 @@ The ``*_relative_errors`` functions give the error of every candidate rank at on
 """
 
 from nncf_tdplugin.decomposition.cp import CPFactors, cp_decompose
+from nncf_tdplugin.decomposition.ranks import METHODS, max_ranks
 from nncf_tdplugin.decomposition.svd import SVDFactors, svd_decompose, svd_relative_errors
 from nncf_tdplugin.decomposition.tucker2 import Tucker2Factors, tucker2_decompose, tucker2_relative_errors
 
 __all__ = [
+    "METHODS",
     "CPFactors",
     "SVDFactors",
     "Tucker2Factors",
     "cp_decompose",
+    "max_ranks",
     "svd_decompose",
     "svd_relative_errors",
     "tucker2_decompose",

@@ -10,6 +10,8 @@ factors of each component, so no layer carries a huge scale (which also keeps th
 
 from dataclasses import dataclass
 
+import warnings
+
 import numpy as np
 import torch
 from tensorly.decomposition import parafac
@@ -42,7 +44,9 @@ def cp_decompose(
         raise ValueError(f"CP rank must be >= 1, got {rank}")
     w = to_numpy(weight)
     scale = float(np.linalg.norm(w)) or 1.0
-    with numpy_backend():
+    # tensorly pads an SVD init whose rank exceeds a mode's size with random columns, and warns; that is expected.
+    with numpy_backend(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
         cp = parafac(
             w / scale,
             rank=rank,

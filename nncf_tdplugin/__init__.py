@@ -1,0 +1,45 @@
+"""nncf-tdplugin: tensor-decomposition compression as an NNCF algorithm.
+
+``import nncf_tdplugin`` before ``nncf.torch``: it turns on NNCF's legacy tracing (``NNCF_TORCH_LEGACY_TRACING=1``,
+needed by ``create_compressed_model`` in NNCF 2.x) and registers the ``tensor_decomposition`` algorithm and its
+config schema. Importing it again is harmless.
+"""
+
+import os
+import sys
+
+__version__ = "0.1.0"
+
+_ENV = "NNCF_TORCH_LEGACY_TRACING"
+
+
+def _enable_legacy_tracing() -> None:
+    if "nncf.torch" not in sys.modules:
+        value = os.environ.get(_ENV)
+        if value is not None and value.lower() not in ("1", "on", "true"):
+            raise ImportError(
+                f"nncf_tdplugin needs NNCF's legacy tracing, but {_ENV}={value!r} is set. Unset it or set "
+                f"{_ENV}=1 before importing nncf_tdplugin."
+            )
+        os.environ[_ENV] = "1"
+        import nncf.torch  # noqa: F401  (wraps the torch operators now, with the variable set)
+        return
+    from nncf.torch.dynamic_graph.patch_pytorch_state import PATCHING_STATE
+
+    if not PATCHING_STATE.operators_are_wrapped:
+        raise ImportError(
+            "nncf.torch was imported before nncf_tdplugin without NNCF's legacy tracing, so "
+            "create_compressed_model cannot work in this process. Either `import nncf_tdplugin` before anything "
+            f"imports nncf.torch, or set the environment variable {_ENV}=1 before starting Python."
+        )
+
+
+_enable_legacy_tracing()
+
+from nncf_tdplugin.nncf_integration import register as _register  # noqa: E402
+
+_register()
+
+from nncf_tdplugin.config import ALGO_NAME, TDConfigError  # noqa: E402
+
+__all__ = ["ALGO_NAME", "TDConfigError", "__version__"]

@@ -1,0 +1,255 @@
+"""The ``tensor_decomposition`` block of an NNCF config: its JSON schema (the one definition of every key, its
+default and its meaning; the README's reference is generated from it) and its parsing into :class:`TDConfig`.
+
+Errors name the path inside the block and the value at fault, e.g.
+``tensor_decomposition.budget.target_ratio: 0.5 is not > 1``.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import jsonschema
+
+ALGO_NAME = "tensor_decomposition"
+
+_POSITIVE_INT = {"type": "integer", "minimum": 1}
+_RANKS = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1, "description": "one rank (SVD, CP), or both Tucker-2 ranks"},
+        {"type": "array", "items": _POSITIVE_INT, "minItems": 1, "maxItems": 2,
+         "description": "[R_out, R_in] for Tucker-2, [R] for SVD/CP"},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+         "description": "a fraction of the layer's full ranks"},
+    ]
+}
+
+TD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Low-rank tensor decomposition of Conv2d/Linear layers into plain factor layers.",
+    "required": ["algorithm"],
+    "additionalProperties": False,
+    "properties": {
+        "algorithm": {"const": ALGO_NAME},
+        "method": {
+            "enum": ["tucker2", "cp", "svd"],
+            "default": "tucker2",
+            "description": "Decomposition of k x k convolutions: 'tucker2' (1x1 -> k x k core -> 1x1), 'cp' "
+            "(1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1) or 'svd' (k x k conv to R channels -> 1x1). "
+            "1x1 convolutions and Linear layers always use 'svd'.",
+        },
+        "rank_selection": {
+            "enum": ["uniform", "fraction"],
+            "default": "uniform",
+            "description": "How ranks are chosen. 'uniform': one rank fraction for every layer, the largest that "
+            "meets 'budget'. 'fraction': every layer keeps 'rank_fraction' of its full ranks (no global budget).",
+        },
+        "budget": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Global budget for the whole model: its cost divided by 'target_ratio'.",
+            "properties": {
+                "metric": {
+                    "enum": ["params", "flops"],
+                    "default": "params",
+                    "description": "'params': all model parameters; 'flops': multiply-accumulates of all Conv2d "
+                    "and Linear layers for one input of 'input_info'.",
+                },
+                "target_ratio": {
+                    "type": "number",
+                    "exclusiveMinimum": 1,
+                    "default": 2.0,
+                    "description": "How many times smaller the model should be (e.g. 3.0).",
+                },
+            },
+        },
+        "rank_fraction": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "description": "With rank_selection 'fraction': the fraction of each layer's full ranks to keep "
+            "(Tucker-2: of both channel counts; SVD: of min(T, S*k*k); CP: of the rank at which CP has as many "
+            "parameters as the dense layer).",
+        },
+        "constraints": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Limits on every chosen rank.",
+            "properties": {
+                "min_rank": {**_POSITIVE_INT, "default": 1, "description": "Smallest rank any factor may have."},
+                "max_rank_fraction": {
+                    "type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0,
+                    "description": "Largest rank as a fraction of the layer's full rank.",
+                },
+                "rank_multiple": {
+                    **_POSITIVE_INT, "default": 1,
+                    "description": "Ranks are rounded up to a multiple of this (e.g. 8 or 16 for fast kernels).",
+                },
+            },
+        },
+        "layers": {
+            "type": "object",
+            "description": "Per-layer overrides, keyed by module name (e.g. 'layer1.0.conv1'), NNCF node name, "
+            "or a regex prefixed with '{re}' matched against both.",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "method": {"enum": ["tucker2", "cp", "svd"], "description": "Method for this layer."},
+                    "ranks": {**_RANKS, "description": "Fixed ranks for this layer: an int, [R_out, R_in] for "
+                              "Tucker-2, or a fraction in (0, 1] of the layer's full ranks."},
+                    "exclude": {"type": "boolean", "description": "Keep this layer dense."},
+                },
+            },
+        },
+        "skip_first_layer": {
+            "type": "boolean", "default": True,
+            "description": "Keep the first Conv2d/Linear (the one that reads the model input) dense.",
+        },
+        "skip_last_layer": {
+            "type": "boolean", "default": True,
+            "description": "Keep the last Conv2d/Linear (usually the classifier) dense.",
+        },
+        "decomposition": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Numerical settings of the decompositions.",
+            "properties": {
+                "tucker_iterations": {"type": "integer", "minimum": 0, "default": 10,
+                                      "description": "HOOI sweeps after the HOSVD initialisation."},
+                "cp_iterations": {**_POSITIVE_INT, "default": 200, "description": "CP-ALS iterations."},
+                "seed": {"type": "integer", "default": 0, "description": "Seed of every random choice."},
+            },
+        },
+        "ignored_scopes": {
+            "type": "array", "items": {"type": "string"},
+            "description": "NNCF node names or '{re}' regexes of layers to leave dense (NNCF's usual key).",
+        },
+        "target_scopes": {
+            "type": "array", "items": {"type": "string"},
+            "description": "If given, only these NNCF node names / '{re}' regexes are decomposed.",
+        },
+        "validate_scopes": {
+            "type": "boolean", "default": True,
+            "description": "Raise if an ignored/target scope matches no layer.",
+        },
+    },
+}
+
+
+class TDConfigError(ValueError):
+    """A bad ``tensor_decomposition`` block; the message names the key path and the value at fault."""
+
+
+def _path(parts) -> str:
+    out = ALGO_NAME
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if str(p).isidentifier() else f"[{p!r}]")
+    return out
+
+
+def _schema_error(section: dict) -> Optional[str]:
+    validator = jsonschema.Draft7Validator(TD_SCHEMA)
+    errors = list(validator.iter_errors(section))
+    if not errors:
+        return None
+    err = jsonschema.exceptions.best_match(errors)
+    if err.validator == "additionalProperties":
+        where = err.absolute_path
+        known = sorted(_schema_at(list(where)).get("properties", {}))
+        unknown = sorted(set(err.instance) - set(known))
+        return f"{_path(where)}: unknown key(s) {unknown}; allowed keys are {known}"
+    if err.validator in ("oneOf", "anyOf"):
+        options = "; or ".join(s["description"] for s in err.validator_value if "description" in s)
+        return f"{_path(err.absolute_path)}: {err.instance!r} is not valid; expected {options}"
+    return f"{_path(err.absolute_path)}: {err.message}"
+
+
+def _schema_at(path: list) -> dict:
+    node = TD_SCHEMA
+    for p in path:
+        props = node.get("properties", {})
+        node = props[p] if p in props else node.get("additionalProperties", {})
+    return node
+
+
+def defaults(schema: dict = TD_SCHEMA) -> dict:
+    return {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
+
+
+@dataclass
+class LayerOverride:
+    method: Optional[str] = None
+    ranks: Optional[Union[int, float, list]] = None
+    exclude: bool = False
+
+
+@dataclass
+class TDConfig:
+    """The parsed block, with defaults filled in."""
+
+    method: str = "tucker2"
+    rank_selection: str = "uniform"
+    budget_metric: str = "params"
+    target_ratio: float = 2.0
+    rank_fraction: Optional[float] = None
+    min_rank: int = 1
+    max_rank_fraction: float = 1.0
+    rank_multiple: int = 1
+    layers: dict[str, LayerOverride] = field(default_factory=dict)
+    skip_first_layer: bool = True
+    skip_last_layer: bool = True
+    tucker_iterations: int = 10
+    cp_iterations: int = 200
+    seed: int = 0
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, section: dict) -> "TDConfig":
+        """Validate the algorithm's config section (the dict with ``"algorithm": "tensor_decomposition"``)."""
+        if not isinstance(section, dict):
+            raise TDConfigError(f"{ALGO_NAME}: the algorithm block must be a JSON object, got {section!r}")
+        message = _schema_error(section)
+        if message:
+            raise TDConfigError(message)
+        budget = {**defaults(TD_SCHEMA["properties"]["budget"]), **section.get("budget", {})}
+        constraints = {**defaults(TD_SCHEMA["properties"]["constraints"]), **section.get("constraints", {})}
+        numerics = {**defaults(TD_SCHEMA["properties"]["decomposition"]), **section.get("decomposition", {})}
+        selection = section.get("rank_selection", "fraction" if "rank_fraction" in section else "uniform")
+        if selection == "fraction" and "rank_fraction" not in section:
+            raise TDConfigError(f"{_path(['rank_fraction'])}: required when rank_selection is 'fraction'")
+        if selection != "fraction" and "rank_fraction" in section:
+            raise TDConfigError(
+                f"{_path(['rank_fraction'])}: only used with rank_selection 'fraction', but rank_selection is "
+                f"{selection!r}; remove one of them"
+            )
+        if selection == "fraction" and "budget" in section:
+            raise TDConfigError(
+                f"{_path(['budget'])}: rank_selection 'fraction' has no global budget; remove 'budget' or use "
+                f"rank_selection 'uniform'"
+            )
+        layers = {}
+        for name, spec in section.get("layers", {}).items():
+            ranks = spec.get("ranks")
+            if isinstance(ranks, list) and spec.get("method", section.get("method", "tucker2")) != "tucker2" \
+                    and len(ranks) != 1:
+                raise TDConfigError(
+                    f"{_path(['layers', name, 'ranks'])}: {ranks} has two ranks, which only Tucker-2 takes"
+                )
+            layers[name] = LayerOverride(spec.get("method"), ranks, bool(spec.get("exclude", False)))
+        return cls(
+            method=section.get("method", "tucker2"),
+            rank_selection=selection,
+            budget_metric=budget["metric"],
+            target_ratio=float(budget["target_ratio"]),
+            rank_fraction=section.get("rank_fraction"),
+            min_rank=constraints["min_rank"],
+            max_rank_fraction=float(constraints["max_rank_fraction"]),
+            rank_multiple=constraints["rank_multiple"],
+            layers=layers,
+            skip_first_layer=section.get("skip_first_layer", True),
+            skip_last_layer=section.get("skip_last_layer", True),
+            tucker_iterations=numerics["tucker_iterations"],
+            cp_iterations=numerics["cp_iterations"],
+            seed=numerics["seed"],
+            raw=dict(section),
+        )

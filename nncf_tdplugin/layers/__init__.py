@@ -1,0 +1,29 @@
+"""Factor layers: dense layer -> plain factor modules (and back, for error reports)."""
+
+from nncf_tdplugin.layers.factorized import (
+    METHODS,
+    DecomposedConv2d,
+    DecomposedLayer,
+    DecomposedLinear,
+    build_factorized,
+    check_ranks,
+    decompose_layer,
+    full_ranks,
+    is_decomposable,
+    reconstruct_weight,
+    relative_error,
+)
+
+__all__ = [
+    "METHODS",
+    "DecomposedConv2d",
+    "DecomposedLayer",
+    "DecomposedLinear",
+    "build_factorized",
+    "check_ranks",
+    "decompose_layer",
+    "full_ranks",
+    "is_decomposable",
+    "reconstruct_weight",
+    "relative_error",
+]

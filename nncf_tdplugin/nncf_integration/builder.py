@@ -1,0 +1,273 @@
+"""The ``tensor_decomposition`` builder: picks layers, chooses ranks, replaces dense layers by factor layers.
+
+Flow inside ``create_compressed_model`` (see docs/design.md):
+1. ``__init__``: parse and validate the config block; reject an algorithm placed before it that would compute its
+   insertion points on the undecomposed graph (quantization, pruning, sparsity).
+2. ``get_transformation_layout``: find the Conv2d/Linear calls in the traced graph, decide per layer (skip rules,
+   overrides, rank selector under the budget) -> a *plan*; build the factor layers (decomposed from the weights, or
+   empty when resuming from a checkpoint, whose state_dict fills them) and swap them into the model; refresh NNCF's
+   caches so quantization, which comes next, sees the factor layers as ordinary NNCF conv/linear modules.
+3. The plan (per layer: method, ranks, costs, error) is the builder state: saved in the compression state, it
+   rebuilds the same structure on resume without decomposing or searching again.
+"""
+
+import re
+import time
+from typing import Any, Optional
+
+import torch
+from nncf.common.logging import nncf_logger
+from nncf.torch.algo_selector import PT_COMPRESSION_ALGORITHMS
+from nncf.torch.compression_method_api import PTCompressionAlgorithmBuilder
+from nncf.torch.graph.transformations.layout import PTTransformationLayout
+from nncf.torch.nncf_module_replacement import nncf_module_from
+from nncf.torch.nncf_network import NNCFNetwork
+from torch import nn
+from tqdm.auto import tqdm
+
+from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError
+from nncf_tdplugin.decomposition.ranks import max_ranks
+from nncf_tdplugin.layers import build_factorized, check_ranks, decompose_layer, is_decomposable, relative_error
+from nncf_tdplugin.nncf_integration._internals import refresh_after_restructuring
+from nncf_tdplugin.nncf_integration.graph_layers import GraphLayer, find_weighted_layers
+from nncf_tdplugin.rank_selection import (
+    RANK_SELECTORS,
+    Budget,
+    LayerCandidate,
+    RankChoice,
+    RankConstraints,
+    SelectionProblem,
+    factorized_macs,
+    factorized_params,
+    pays_off,
+)
+from nncf_tdplugin.rank_selection.cost import dense_params
+
+# Algorithms that may precede the decomposition in the config: they keep no insertion points on the dense layers.
+ALLOWED_BEFORE = {"knowledge_distillation"}
+
+
+@PT_COMPRESSION_ALGORITHMS.register(ALGO_NAME)
+class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
+    def __init__(self, config, should_init: bool = True):
+        super().__init__(config, should_init)
+        self.td_config = TDConfig.from_section(self._algo_config)
+        _check_position(config)
+        self._plan: Optional[dict[str, Any]] = None  # set by load_state on resume, else by the selection
+
+    # --- state -----------------------------------------------------------------------------------------------
+    def _get_state_without_name(self) -> dict[str, Any]:
+        return {"plan": self._plan}
+
+    def _load_state_without_name(self, state_without_name: dict[str, Any]):
+        self._plan = state_without_name.get("plan")
+
+    def _are_frozen_layers_allowed(self) -> tuple[bool, str]:
+        return True, "Frozen layers are decomposed into frozen factor layers"
+
+    # --- the algorithm ---------------------------------------------------------------------------------------
+    def _get_transformation_layout(self, target_model: NNCFNetwork) -> PTTransformationLayout:
+        layers = find_weighted_layers(target_model)
+        if self._plan is None:
+            start = time.perf_counter()
+            self._plan = self._make_plan(target_model, layers)
+            self._plan["selection_seconds"] = time.perf_counter() - start
+            nncf_logger.info(
+                f"tensor_decomposition: {self.td_config.rank_selection} rank selection took "
+                f"{self._plan['selection_seconds']:.2f} s"
+            )
+            self._apply_plan(target_model, layers, decompose=True)
+        else:
+            self._apply_plan(target_model, layers, decompose=False)
+        refresh_after_restructuring(target_model)
+        return PTTransformationLayout()
+
+    def _build_controller(self, model: NNCFNetwork):
+        from nncf_tdplugin.nncf_integration.controller import TensorDecompositionController
+
+        return TensorDecompositionController(model, self.td_config, self._plan)
+
+    def initialize(self, model: NNCFNetwork) -> None:
+        pass
+
+    # --- planning --------------------------------------------------------------------------------------------
+    def _make_plan(self, model: NNCFNetwork, layers: list[GraphLayer]) -> dict[str, Any]:
+        cfg = self.td_config
+        overrides = _match_overrides(cfg, layers)
+        skipped: dict[str, str] = {}
+        candidates: list[LayerCandidate] = []
+        first, last = (layers[0].module_name, layers[-1].module_name) if layers else (None, None)
+        seen = set()
+        for layer in layers:
+            name = layer.module_name
+            if name in seen:
+                continue
+            seen.add(name)
+            override = overrides.get(name)
+            reason = _skip_reason(self, cfg, layer, override, first, last)
+            if reason:
+                skipped[name] = reason
+                if override is not None and override.ranks is not None and not override.exclude:
+                    raise TDConfigError(
+                        f"{ALGO_NAME}.layers[{override.key!r}]: layer '{name}' cannot be decomposed: {reason}"
+                    )
+                continue
+            method = _method_for(layer.module, override.method if override else None, cfg.method)
+            fixed = None
+            if override is not None and override.ranks is not None:
+                fixed = _fixed_choice(layer.module, method, override, cfg)
+            candidates.append(LayerCandidate(name, layer.module.weight.detach(), layer.geometry, (method,), fixed))
+
+        metric = cfg.budget_metric
+        cand_names = {c.name for c in candidates}
+        model_params = sum(p.numel() for p in model.parameters())
+        model_macs = sum(layer.macs for layer in layers)
+        cand_cost = sum(c.dense_cost(metric) for c in candidates)
+        problem = SelectionProblem(
+            candidates=candidates,
+            budget=Budget(metric, cfg.target_ratio),
+            constraints=RankConstraints(cfg.min_rank, cfg.max_rank_fraction, cfg.rank_multiple),
+            fixed_cost=float(model_params if metric == "params" else model_macs) - cand_cost,
+            seed=cfg.seed,
+            options={"rank_fraction": cfg.rank_fraction},
+        )
+        if not candidates:
+            nncf_logger.warning(f"{ALGO_NAME}: no layer can be decomposed ({len(skipped)} skipped); model unchanged")
+            choices = {}
+        else:
+            selector = RANK_SELECTORS[cfg.rank_selection]()
+            try:
+                choices = selector.select(problem)
+            except ValueError as e:  # BudgetUnreachableError and friends
+                raise TDConfigError(f"{ALGO_NAME}.budget: {e}") from e
+        plan_layers = {}
+        for c in candidates:
+            choice = choices.get(c.name)
+            if choice is None or choice.is_dense:
+                skipped[c.name] = (
+                    f"decomposition would not reduce {metric}" if choice is not None and not pays_off(c, metric, choice)
+                    else f"kept dense by '{cfg.rank_selection}' rank selection"
+                )
+                continue
+            g = c.geometry
+            plan_layers[c.name] = {
+                "method": choice.method,
+                "ranks": list(choice.ranks),
+                "dense_params": dense_params(g),
+                "params": factorized_params(g, choice.method, choice.ranks),
+                "dense_macs": int(g.out_pixels * g.out_channels * g.in_channels * g.kh * g.kw),
+                "macs": factorized_macs(g, choice.method, choice.ranks),
+                "full_ranks": list(max_ranks(c.weight.shape, choice.method)),
+            }
+        assert cand_names >= set(plan_layers)
+        return {
+            "layers": plan_layers, "skipped": skipped, "metric": metric, "rank_selection": cfg.rank_selection,
+            "target_ratio": cfg.target_ratio if cfg.rank_selection != "fraction" else None,
+            "model_params": model_params, "model_macs": model_macs,
+        }
+
+    # --- restructuring ---------------------------------------------------------------------------------------
+    def _apply_plan(self, model: NNCFNetwork, layers: list[GraphLayer], decompose: bool) -> None:
+        by_name = {layer.module_name: layer for layer in layers}
+        missing = [n for n in self._plan["layers"] if n not in by_name]
+        if missing:
+            raise TDConfigError(
+                f"{ALGO_NAME}: the saved decomposition plan names layers this model does not have: {missing[:5]}. "
+                f"The compression_state belongs to a different model."
+            )
+        cfg = self.td_config
+        items = list(self._plan["layers"].items())
+        for name, entry in tqdm(items, desc="tensor_decomposition", disable=None if decompose else True):
+            dense = by_name[name].module
+            if decompose:
+                factorized = decompose_layer(
+                    dense, entry["method"], entry["ranks"], tucker_iterations=cfg.tucker_iterations,
+                    cp_iterations=cfg.cp_iterations, seed=cfg.seed,
+                )
+                entry["relative_error"] = relative_error(dense.weight, factorized)
+            else:
+                factorized = build_factorized(dense, entry["method"], entry["ranks"])
+            for child_name, child in list(factorized.named_children()):
+                child.weight.requires_grad_(dense.weight.requires_grad)
+                setattr(factorized, child_name, nncf_module_from(child))
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, factorized)
+
+
+class _Override:
+    def __init__(self, key: str, spec):
+        self.key, self.method, self.ranks, self.exclude = key, spec.method, spec.ranks, spec.exclude
+
+
+def _check_position(config) -> None:
+    section = config.get("compression", [])
+    algos = [s.get("algorithm") for s in (section if isinstance(section, list) else [section])]
+    before = algos[: algos.index(ALGO_NAME)] if ALGO_NAME in algos else []
+    bad = [a for a in before if a not in ALLOWED_BEFORE]
+    if bad:
+        order = [ALGO_NAME] + [a for a in algos if a != ALGO_NAME]
+        raise TDConfigError(
+            f"compression: '{ALGO_NAME}' must come before {bad} in the 'compression' list, because they place "
+            f"their operations on the layers it replaces. Reorder it as {order}."
+        )
+
+
+def _match_overrides(cfg: TDConfig, layers: list[GraphLayer]) -> dict[str, _Override]:
+    """Map module name -> override; every key must match at least one layer."""
+    result: dict[str, _Override] = {}
+    for key, spec in cfg.layers.items():
+        if key.startswith("{re}"):
+            pattern = re.compile(key[4:])
+            hits = [lyr for lyr in layers if pattern.fullmatch(lyr.module_name) or pattern.search(lyr.node_name)]
+        else:
+            hits = [lyr for lyr in layers if key in (lyr.module_name, lyr.node_name)]
+        if not hits:
+            sample = sorted({lyr.module_name for lyr in layers})[:8]
+            raise TDConfigError(
+                f"{ALGO_NAME}.layers[{key!r}]: matches no Conv2d/Linear layer of the model. Use a module name "
+                f"(e.g. {sample}), an NNCF node name, or a '{{re}}' regex."
+            )
+        for lyr in hits:
+            result.setdefault(lyr.module_name, _Override(key, spec))
+    return result
+
+
+def _skip_reason(builder, cfg: TDConfig, layer: GraphLayer, override, first, last) -> Optional[str]:
+    if override is not None and override.exclude:
+        return f"excluded by layers[{override.key!r}]"
+    why = is_decomposable(layer.module)
+    if why:
+        return why
+    if layer.calls > 1:
+        return f"shared module (called {layer.calls} times)"
+    explicit = override is not None and override.ranks is not None
+    if not builder._should_consider_scope(layer.node_name):
+        return "ignored_scopes/target_scopes"
+    if cfg.skip_first_layer and layer.module_name == first and not explicit:
+        return "first layer (skip_first_layer)"
+    if cfg.skip_last_layer and layer.module_name == last and not explicit:
+        return "last layer (skip_last_layer)"
+    if isinstance(layer.module, nn.Linear) and len(layer.module.weight.shape) != 2:
+        return "unsupported Linear weight"
+    return None
+
+
+def _method_for(module: nn.Module, override_method: Optional[str], default: str) -> str:
+    if isinstance(module, nn.Linear) or module.weight.shape[2:] == (1, 1):
+        return "svd"
+    return override_method or default
+
+
+def _fixed_choice(module: nn.Module, method: str, override: _Override, cfg: TDConfig) -> RankChoice:
+    where = f"{ALGO_NAME}.layers[{override.key!r}].ranks"
+    ranks = override.ranks
+    full = max_ranks(module.weight.shape, method)
+    if isinstance(ranks, float):  # a fraction of the full ranks (the schema keeps it in (0, 1])
+        constraints = RankConstraints(cfg.min_rank, cfg.max_rank_fraction, cfg.rank_multiple)
+        ranks = [constraints.clamp(ranks * f, f) for f in full]
+    elif isinstance(ranks, int):  # one int: the rank of SVD/CP, or both Tucker-2 ranks
+        ranks = [ranks] * len(full)
+    try:
+        return RankChoice(method, check_ranks(module, method, ranks, where=where))
+    except ValueError as e:
+        raise TDConfigError(str(e)) from e

@@ -1,0 +1,98 @@
+"""The ``tensor_decomposition`` controller: loss, scheduler, statistics, stage and stripping."""
+
+from typing import Any, Optional
+
+import torch
+from nncf.api.compression import CompressionStage
+from nncf.common.schedulers import BaseCompressionScheduler
+from nncf.common.statistics import NNCFStatistics
+from nncf.torch.compression_method_api import PTCompressionAlgorithmController, PTCompressionLoss
+from nncf.torch.nncf_network import NNCFNetwork
+from torch import nn
+
+from nncf_tdplugin.config import ALGO_NAME, TDConfig
+from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics
+
+
+class TensorDecompositionLoss(PTCompressionLoss):
+    """The compression loss. With a fixed decomposition (ranks chosen before training) there is nothing to
+    regularise, and the loss is an exact zero on the model's device, so ``task_loss + ctrl.loss()`` works as is."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self._device = device
+
+    def calculate(self) -> torch.Tensor:
+        return torch.zeros([], device=self._device)
+
+
+class TensorDecompositionScheduler(BaseCompressionScheduler):
+    """Counts steps and epochs (state survives checkpoints). A fixed decomposition is complete from the start."""
+
+    def __init__(self, controller: "TensorDecompositionController"):
+        super().__init__()
+        self._controller = controller
+
+
+class TensorDecompositionController(PTCompressionAlgorithmController):
+    def __init__(self, target_model: NNCFNetwork, td_config: TDConfig, plan: dict[str, Any]):
+        super().__init__(target_model)
+        self.td_config = td_config
+        self.plan = plan
+        device = next((p.device for p in target_model.parameters()), torch.device("cpu"))
+        self._loss = TensorDecompositionLoss(device)
+        self._scheduler = TensorDecompositionScheduler(self)
+
+    @property
+    def loss(self) -> TensorDecompositionLoss:
+        return self._loss
+
+    @property
+    def scheduler(self) -> TensorDecompositionScheduler:
+        return self._scheduler
+
+    @property
+    def name(self) -> str:
+        return ALGO_NAME
+
+    def compression_stage(self) -> CompressionStage:
+        if not self.plan["layers"]:
+            return CompressionStage.UNCOMPRESSED
+        return CompressionStage.FULLY_COMPRESSED
+
+    @property
+    def compression_rate(self) -> float:
+        """Fraction of the budget metric removed: 1 - 1/ratio (0.5 for a model twice smaller)."""
+        stats = self._collect()
+        ratio = stats.params_ratio if self.plan["metric"] == "params" else stats.macs_ratio
+        return 1.0 - 1.0 / ratio
+
+    @compression_rate.setter
+    def compression_rate(self, value: float) -> None:
+        raise AttributeError(
+            f"{ALGO_NAME}: the compression rate of a fixed decomposition is set by 'budget.target_ratio' in the "
+            f"config before the model is built; it cannot change during training."
+        )
+
+    def _collect(self) -> TensorDecompositionStatistics:
+        plan, layers = self.plan, self.plan["layers"]
+        return TensorDecompositionStatistics(
+            layers=layers,
+            skipped=plan["skipped"],
+            budget_metric=plan["metric"],
+            target_ratio=plan["target_ratio"],
+            params_before=plan["model_params"],
+            params_after=plan["model_params"] - sum(e["dense_params"] - e["params"] for e in layers.values()),
+            macs_before=plan["model_macs"],
+            macs_after=plan["model_macs"] - sum(e["dense_macs"] - e["macs"] for e in layers.values()),
+            stage=self.compression_stage().name,
+        )
+
+    def statistics(self, quickly_collected_only: bool = False) -> NNCFStatistics:
+        stats = NNCFStatistics()
+        stats.register(ALGO_NAME, self._collect())
+        return stats
+
+    def strip_model(self, model: NNCFNetwork, do_copy: bool = False) -> NNCFNetwork:
+        """Factor layers are plain layers already: nothing to strip."""
+        return model

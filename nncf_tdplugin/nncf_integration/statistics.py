@@ -1,0 +1,68 @@
+"""Statistics of the decomposition, printed like NNCF's own tables (``ctrl.statistics().to_str()``)."""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from nncf.api.statistics import Statistics
+from nncf.common.utils.helpers import create_table
+
+
+def _fmt_int(n: float) -> str:
+    return f"{n / 1e6:.3f}M" if abs(n) >= 1e5 else f"{int(n)}"
+
+
+@dataclass
+class TensorDecompositionStatistics(Statistics):
+    """Per-layer decisions and the model-level budget reached.
+
+    ``layers`` rows: name, method, ranks, full ranks, params and MACs before/after, relative reconstruction error.
+    """
+
+    layers: dict[str, dict[str, Any]]
+    skipped: dict[str, str]
+    budget_metric: str
+    target_ratio: Optional[float]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    stage: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_before / max(self.params_after, 1)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_before / max(self.macs_after, 1)
+
+    def to_str(self) -> str:
+        summary = [
+            ["Compression stage", self.stage],
+            ["Budget metric", self.budget_metric],
+            ["Target ratio", "-" if self.target_ratio is None else f"{self.target_ratio:.3f}x"],
+            ["Model params", f"{_fmt_int(self.params_before)} -> {_fmt_int(self.params_after)} "
+                             f"({self.params_ratio:.3f}x)"],
+            ["Model MACs (conv/linear)", f"{_fmt_int(self.macs_before)} -> {_fmt_int(self.macs_after)} "
+                                         f"({self.macs_ratio:.3f}x)"],
+            ["Decomposed layers", len(self.layers)],
+            ["Layers left dense", len(self.skipped)],
+        ]
+        summary += [[k, v] for k, v in self.extra.items()]
+        out = [f"Statistics of the tensor decomposition algorithm:\n{create_table(['Statistic', 'Value'], summary)}"]
+        rows = []
+        for name, e in self.layers.items():
+            err = e.get("relative_error")
+            rows.append([
+                name, e["method"], "x".join(map(str, e["ranks"])), "x".join(map(str, e["full_ranks"])),
+                f"{_fmt_int(e['dense_params'])} -> {_fmt_int(e['params'])}",
+                f"{_fmt_int(e['dense_macs'])} -> {_fmt_int(e['macs'])}",
+                "-" if err is None else f"{err:.4f}",
+            ])
+        if rows:
+            header = ["Layer", "Method", "Ranks", "Full ranks", "Params", "MACs", "Rel. error"]
+            out.append(f"Decomposed layers:\n{create_table(header, rows)}")
+        if self.skipped:
+            out.append("Layers left dense:\n" + create_table(["Layer", "Reason"], [[k, v] for k, v in self.skipped.items()]))
+        return "\n\n".join(out)

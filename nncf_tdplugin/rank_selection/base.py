@@ -1,0 +1,134 @@
+"""The one interface every rank selector implements: layers + budget + constraints -> per-layer choice.
+
+A selector never touches modules or NNCF: it sees each candidate layer as a :class:`LayerCandidate` (its weight,
+geometry and the methods allowed for it) and returns a :class:`RankChoice` per layer name. The builder turns the
+choices into factor layers. Selectors (uniform, energy, VBMF, continuous search, training-time learning, latency
+cost models) plug in through :data:`RANK_SELECTORS`.
+"""
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from nncf_tdplugin.rank_selection.cost import LayerGeometry, dense_macs, dense_params, layer_cost
+
+
+class BudgetUnreachableError(ValueError):
+    """The requested budget cannot be met under the rank constraints; carries the best reachable ratio."""
+
+    def __init__(self, message: str, best_ratio: float):
+        super().__init__(message)
+        self.best_ratio = best_ratio
+
+
+@dataclass(frozen=True)
+class RankChoice:
+    """What to do with one layer: ``method`` in {"tucker2", "cp", "svd", "dense"} and its ranks."""
+
+    method: str
+    ranks: tuple[int, ...] = ()
+
+    @property
+    def is_dense(self) -> bool:
+        return self.method == "dense"
+
+
+DENSE = RankChoice("dense")
+
+
+@dataclass
+class RankConstraints:
+    min_rank: int = 1
+    max_rank_fraction: float = 1.0
+    rank_multiple: int = 1
+
+    def clamp(self, rank: float, full: int) -> int:
+        """Round ``rank`` to the allowed grid: a multiple of ``rank_multiple`` (rounded up), at least
+        ``min_rank`` and at most ``max_rank_fraction * full`` (and never above ``full``)."""
+        upper = max(1, min(full, int(math.floor(self.max_rank_fraction * full + 1e-9))))
+        r = int(math.ceil(max(rank, 1) / self.rank_multiple - 1e-9)) * self.rank_multiple
+        r = max(r, self.min_rank)
+        return int(min(r, upper))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A global target: the model's cost in ``metric`` divided by ``target_ratio``."""
+
+    metric: str  # "params" | "flops" (| "latency", via a cost model)
+    target_ratio: float
+
+
+@dataclass
+class LayerCandidate:
+    """One decomposable layer as a selector sees it."""
+
+    name: str
+    weight: torch.Tensor
+    geometry: LayerGeometry
+    methods: tuple[str, ...]  # methods allowed for this layer, in order of preference
+    fixed: Optional[RankChoice] = None  # a user override: selectors must keep it
+
+    def cost(self, metric: str, choice: RankChoice) -> float:
+        return layer_cost(self.geometry, metric, choice.method, choice.ranks)
+
+    def dense_cost(self, metric: str) -> float:
+        return float(dense_params(self.geometry) if metric == "params" else dense_macs(self.geometry))
+
+
+@dataclass
+class SelectionProblem:
+    """Everything a selector needs. ``fixed_cost`` is the cost of the model outside the candidates (layers that
+    stay dense, BN, embeddings...), so budgets are for the whole model: total_dense / achieved = ratio."""
+
+    candidates: list[LayerCandidate]
+    budget: Budget
+    constraints: RankConstraints
+    fixed_cost: float
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def total_dense_cost(self) -> float:
+        return self.fixed_cost + sum(c.dense_cost(self.budget.metric) for c in self.candidates)
+
+    def total_cost(self, choices: dict[str, RankChoice]) -> float:
+        m = self.budget.metric
+        return self.fixed_cost + sum(c.cost(m, choices.get(c.name, DENSE)) for c in self.candidates)
+
+    def ratio(self, choices: dict[str, RankChoice]) -> float:
+        return self.total_dense_cost / self.total_cost(choices)
+
+    @property
+    def target_cost(self) -> float:
+        return self.total_dense_cost / self.budget.target_ratio
+
+
+class RankSelector(ABC):
+    """Weights + budget -> per-layer :class:`RankChoice`. Subclasses must keep ``candidate.fixed`` choices."""
+
+    name: str = ""
+
+    @abstractmethod
+    def select(self, problem: SelectionProblem) -> dict[str, RankChoice]:
+        ...
+
+
+RANK_SELECTORS: dict[str, Callable[[], RankSelector]] = {}
+
+
+def register_selector(name: str):
+    def wrap(cls):
+        cls.name = name
+        RANK_SELECTORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def pays_off(candidate: LayerCandidate, metric: str, choice: RankChoice) -> bool:
+    """A factorisation is worth it only if it is strictly cheaper than the dense layer."""
+    return choice.is_dense or candidate.cost(metric, choice) < candidate.dense_cost(metric)
