@@ -40,6 +40,17 @@ from nncf_tdplugin.nncf_integration import register as _register  # noqa: E402
 
 _register()
 
-from nncf_tdplugin.config import ALGO_NAME, TDConfigError  # noqa: E402
+from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError  # noqa: E402
 
-__all__ = ["ALGO_NAME", "TDConfigError", "__version__"]
+
+def validate_config(nncf_config) -> TDConfig:
+    """Check the ``tensor_decomposition`` block of an NNCF config (dict or ``NNCFConfig``) now, before
+    ``create_compressed_model``; raises :class:`TDConfigError` naming the key and value at fault."""
+    section = nncf_config.get("compression", [])
+    blocks = [b for b in (section if isinstance(section, list) else [section]) if b.get("algorithm") == ALGO_NAME]
+    if len(blocks) != 1:
+        raise TDConfigError(f"expected exactly one '{ALGO_NAME}' block under 'compression', found {len(blocks)}")
+    return TDConfig.from_section(blocks[0])
+
+
+__all__ = ["ALGO_NAME", "TDConfig", "TDConfigError", "__version__", "validate_config"]

@@ -93,6 +93,6 @@ class TensorDecompositionController(PTCompressionAlgorithmController):
         stats.register(ALGO_NAME, self._collect())
         return stats
 
-    def strip_model(self, model: NNCFNetwork, do_copy: bool = False) -> NNCFNetwork:
+    def strip_model(self, model: NNCFNetwork, do_copy: bool = False, strip_format=None) -> NNCFNetwork:
         """Factor layers are plain layers already: nothing to strip."""
         return model

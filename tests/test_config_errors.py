@@ -1,0 +1,116 @@
+"""Bad configs fail early, naming the key and the value at fault."""
+
+import subprocess
+import sys
+
+import jsonschema
+import nncf
+import pytest
+
+from nncf_tdplugin import TDConfigError, validate_config
+from tests.nncf_helpers import compress, make_config
+
+
+@pytest.mark.parametrize(
+    "block,message",
+    [
+        ({"method": "tt"}, r"tensor_decomposition\.method: 'tt' is not one of"),
+        ({"budget": {"target_ratio": 1.0}}, r"tensor_decomposition\.budget\.target_ratio: 1\.0 is less than or equal"),
+        ({"budget": {"metric": "joules"}}, r"tensor_decomposition\.budget\.metric: 'joules'"),
+        ({"layers": {"conv3": {"ranks": -3}}}, r"tensor_decomposition\.layers\.conv3\.ranks: -3 is not valid"),
+        ({"layers": {"conv3": {"rank": 3}}}, r"tensor_decomposition\.layers\.conv3: unknown key\(s\) \['rank'\]"),
+        ({"ranks": 3}, r"tensor_decomposition: unknown key\(s\) \['ranks'\]"),
+        ({"rank_selection": "fraction"}, r"tensor_decomposition\.rank_fraction: required"),
+        ({"rank_fraction": 0.5, "rank_selection": "uniform"}, r"rank_fraction: only used with rank_selection"),
+        ({"constraints": {"rank_multiple": 0}}, r"tensor_decomposition\.constraints\.rank_multiple: 0"),
+    ],
+)
+def test_schema_errors_name_the_key(block, message):
+    with pytest.raises(TDConfigError, match=message):
+        compress(td_block={"algorithm": "tensor_decomposition", **block}, quantization=False)
+
+
+def test_nncf_config_knows_the_block_and_validate_config_checks_it_early():
+    config = make_config({"algorithm": "tensor_decomposition", "method": "tt"})  # NNCF accepts the block...
+    with pytest.raises(TDConfigError, match=r"tensor_decomposition\.method: 'tt'"):  # ...and we check it
+        validate_config(config)
+    assert validate_config(make_config({"algorithm": "tensor_decomposition", "method": "cp"})).method == "cp"
+    with pytest.raises(jsonschema.ValidationError):  # a misspelled algorithm is still NNCF's error
+        make_config({"algorithm": "tensor_decompositon"})
+
+
+def test_rank_larger_than_the_layer_allows():
+    block = {"algorithm": "tensor_decomposition", "layers": {"conv2": {"ranks": [12, 17]}}}
+    with pytest.raises(TDConfigError, match=r"layers\['conv2'\]\.ranks: rank 17 is out of range .*\[1, 16\]"):
+        compress(td_block=block, quantization=False)
+
+
+def test_unknown_layer_name_lists_real_ones():
+    block = {"algorithm": "tensor_decomposition", "layers": {"conv9": {"ranks": 4}}}
+    with pytest.raises(TDConfigError, match=r"layers\['conv9'\]: matches no Conv2d/Linear layer.*'conv3'"):
+        compress(td_block=block, quantization=False)
+
+
+def test_unknown_ignored_scope_is_reported():
+    block = {"algorithm": "tensor_decomposition", "ignored_scopes": ["LowRankCNN/NNCFConv2d[nope]/conv2d_0"]}
+    with pytest.raises(nncf.ValidationError, match=r"nope"):
+        compress(td_block=block, quantization=False)
+
+
+def test_ignored_scope_regex_keeps_layer_dense():
+    block = {"algorithm": "tensor_decomposition", "ignored_scopes": ["{re}.*conv3.*"], "budget": {"target_ratio": 1.3}}
+    ctrl, model = compress(td_block=block, quantization=False)
+    assert ctrl.statistics().tensor_decomposition.skipped["conv3"] == "ignored_scopes/target_scopes"
+
+
+def test_explicit_ranks_on_a_grouped_conv():
+    block = {"algorithm": "tensor_decomposition", "layers": {"dw": {"ranks": 4}}}
+    with pytest.raises(TDConfigError, match=r"layer 'dw' cannot be decomposed: grouped conv"):
+        compress(td_block=block, quantization=False)
+
+
+def test_quantization_before_decomposition_is_rejected_with_the_fix():
+    config = nncf.NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 3, 32, 32]},
+        "compression": [{"algorithm": "quantization"}, {"algorithm": "tensor_decomposition"}],
+    })
+    from nncf.torch import create_compressed_model
+    from tests.models import LowRankCNN
+
+    with pytest.raises(TDConfigError, match=r"must come before \['quantization'\].*\['tensor_decomposition', 'quantization'\]"):
+        create_compressed_model(LowRankCNN(), config)
+
+
+def test_unreachable_budget():
+    block = {"algorithm": "tensor_decomposition", "budget": {"target_ratio": 50}, "constraints": {"min_rank": 8}}
+    with pytest.raises(TDConfigError, match=r"budget.*unreachable.*only [0-9.]+x smaller"):
+        compress(td_block=block, quantization=False)
+
+
+def _run(code, env_extra=None):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "NNCF_TORCH_LEGACY_TRACING"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_import_twice_and_register_twice_is_harmless():
+    result = _run(
+        "import importlib, nncf_tdplugin; importlib.reload(nncf_tdplugin); "
+        "from nncf_tdplugin.nncf_integration import register; register(); register(); "
+        "from nncf.config.schema import NNCF_CONFIG_SCHEMA as S; "
+        "refs = S['properties']['compression']['oneOf'][0]['oneOf']; "
+        "assert sum(r == {'$ref': '#/$defs/tensor_decomposition'} for r in refs) == 1; print('ok')"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_import_after_nncf_torch_without_legacy_tracing_says_what_to_do():
+    result = _run("import nncf.torch; import nncf_tdplugin")
+    assert result.returncode != 0
+    assert "import nncf_tdplugin` before anything imports nncf.torch" in result.stderr
+    assert "NNCF_TORCH_LEGACY_TRACING=1" in result.stderr
+    ok = _run("import nncf.torch; import nncf_tdplugin; print('ok')", {"NNCF_TORCH_LEGACY_TRACING": "1"})
+    assert ok.returncode == 0, ok.stderr[-2000:]

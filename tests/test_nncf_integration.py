@@ -1,0 +1,117 @@
+"""The algorithm through NNCF's public API: create_compressed_model, training, statistics, checkpoints."""
+
+import io
+
+import pytest
+import torch
+from nncf.api.compression import CompressionStage
+from nncf.torch.layers import NNCFConv2d, NNCFLinear
+
+from nncf_tdplugin.layers import DecomposedConv2d, DecomposedLinear
+from nncf_tdplugin.nncf_integration import builder as builder_module
+from tests.models import LowRankCNN
+from tests.nncf_helpers import compress, train_steps
+
+
+def _factor_modules(model):
+    for name, module in model.named_modules():
+        if isinstance(module, (DecomposedConv2d, DecomposedLinear)):
+            for child_name, child in module.named_children():
+                yield f"{name}.{child_name}", child
+
+
+def test_default_block_with_quantization_compresses_trains_and_reports():
+    ctrl, model = compress()
+    decomposed = {n for n, m in model.named_modules() if isinstance(m, (DecomposedConv2d, DecomposedLinear))}
+    assert decomposed == {"conv2", "conv3", "conv4", "fc1"}  # not conv1 (first), dw (grouped), fc (last)
+    factors = list(_factor_modules(model))
+    assert len(factors) == 3 + 3 + 2 + 2
+    for name, factor in factors:
+        assert isinstance(factor, (NNCFConv2d, NNCFLinear)), name
+        assert any("Quantize" in type(op.op).__name__ for op in factor.pre_ops.values()), f"{name} has no WQ"
+
+    stats = ctrl.statistics()
+    td = stats.tensor_decomposition
+    assert td.params_ratio == pytest.approx(2.0, rel=0.1) and td.params_ratio >= 2.0
+    assert sum(p.numel() for n, p in model.named_parameters() if "_nncf" not in n and "pre_ops" not in n
+               and "post_ops" not in n) == td.params_after
+    text = stats.to_str()
+    for expected in ("tensor decomposition", "conv3", "tucker2", "Rel. error", "first layer", "grouped conv",
+                     "last layer", "quantization"):
+        assert expected in text
+    assert ctrl.compression_stage() == CompressionStage.FULLY_COMPRESSED
+    loss = ctrl.loss()
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0
+
+    losses = train_steps(ctrl, model, steps=3)
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_reconstruction_error_is_small_on_low_rank_weights():
+    ctrl, _ = compress(td_block={"algorithm": "tensor_decomposition", "rank_selection": "fraction",
+                                 "rank_fraction": 0.5}, quantization=False)
+    layers = ctrl.statistics().tensor_decomposition.layers
+    assert layers["conv3"]["ranks"] == [32, 32]
+    assert all(entry["relative_error"] < 0.05 for entry in layers.values()), layers
+
+
+def test_flops_budget_is_met():
+    ctrl, _ = compress(td_block={"algorithm": "tensor_decomposition",
+                                 "budget": {"metric": "flops", "target_ratio": 1.5}}, quantization=False)
+    td = ctrl.statistics().tensor_decomposition
+    assert td.budget_metric == "flops" and td.macs_ratio >= 1.5
+
+
+def test_explicit_per_layer_ranks_and_methods():
+    block = {
+        "algorithm": "tensor_decomposition",
+        "rank_selection": "fraction",
+        "rank_fraction": 0.5,
+        "layers": {"conv3": {"method": "cp", "ranks": 24}, "conv2": {"ranks": [12, 6]}, "fc1": {"exclude": True},
+                   "{re}conv4": {"ranks": 0.25}},
+    }
+    ctrl, model = compress(td_block=block, quantization=False)
+    assert model.conv3.method == "cp" and model.conv3.ranks == (24,)
+    assert model.conv2.method == "tucker2" and model.conv2.ranks == (12, 6)
+    assert model.conv4.ranks == (16,)  # 0.25 of min(128, 64)
+    assert not isinstance(model.fc1, DecomposedLinear)
+    assert "excluded" in ctrl.statistics().tensor_decomposition.skipped["fc1"]
+
+
+def test_checkpoint_round_trip_restores_without_decomposing(monkeypatch):
+    ctrl, model = compress()
+    train_steps(ctrl, model, steps=2)
+    buffer = io.BytesIO()
+    torch.save({"state": ctrl.get_compression_state(), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    from nncf.api.compression import CompressionStage as Stage
+    from nncf.common.quantization.structs import QuantizationScheme
+    with torch.serialization.safe_globals([Stage, QuantizationScheme]):
+        checkpoint = torch.load(buffer, weights_only=True)
+
+    def no_decomposition(*args, **kwargs):
+        raise AssertionError("resume must not decompose again")
+
+    monkeypatch.setattr(builder_module, "decompose_layer", no_decomposition)
+    ctrl2, model2 = compress(LowRankCNN(noise=0.5), compression_state=checkpoint["state"])
+    model2.load_state_dict(checkpoint["model"])
+    x = torch.randn(4, 3, 32, 32)
+    model.eval(), model2.eval()
+    assert torch.equal(model(x), model2(x))
+    assert ctrl2.statistics().to_str() == ctrl.statistics().to_str()
+    assert ctrl2.get_compression_state()["builder_state"] == checkpoint["state"]["builder_state"]
+
+
+def test_strip_and_onnx_export(tmp_path):
+    ctrl, model = compress()
+    stripped = ctrl.strip()
+    kinds = {type(m).__name__ for m in stripped.modules()}
+    assert "FakeQuantize" in kinds and not kinds & {"SymmetricQuantizer", "AsymmetricQuantizer"}
+    path = tmp_path / "model.onnx"
+    ctrl.export_model(str(path))
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1 + 3 + 3 + 2 + 1  # conv1, tucker2 x2, svd conv4, depthwise
+    assert sum(n.op_type in ("Gemm", "MatMul") for n in graph.node) == 3
