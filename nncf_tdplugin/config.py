@@ -29,7 +29,7 @@ TD_SCHEMA: dict[str, Any] = {
     "required": ["algorithm"],
     "additionalProperties": False,
     "properties": {
-        "algorithm": {"const": ALGO_NAME},
+        "algorithm": {"const": ALGO_NAME, "description": "Selects this algorithm."},
         "method": {
             "enum": ["tucker2", "cp", "svd"],
             "default": "tucker2",
