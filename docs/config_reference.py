@@ -1,6 +1,7 @@
 """Generate the README's config reference from the schema (the one definition of every key).
 
     python docs/config_reference.py          # print the markdown table
+    python docs/config_reference.py --write  # rewrite the table in README.md
     python docs/config_reference.py --check  # exit 1 if README.md's table is out of date (run by the tests)
 """
 
@@ -55,12 +56,17 @@ def readme_block(readme: str) -> str:
     return readme[readme.index(BEGIN) + len(BEGIN): readme.index(END)].strip()
 
 
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
 if __name__ == "__main__":
     generated = table()
     if "--check" in sys.argv:
-        readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-        if readme_block(readme) != generated:
-            print("README.md's config reference is out of date: run python docs/config_reference.py and paste it")
+        if readme_block(README.read_text()) != generated:
+            print("README.md's config reference is out of date: run python docs/config_reference.py --write")
             sys.exit(1)
+    elif "--write" in sys.argv:
+        text = README.read_text()
+        text = text[: text.index(BEGIN) + len(BEGIN)] + "\n" + generated + "\n" + text[text.index(END):]
+        README.write_text(text)
     else:
         print(generated)
