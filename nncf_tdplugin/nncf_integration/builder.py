@@ -39,7 +39,6 @@ from nncf_tdplugin.rank_selection import (
     SelectionProblem,
     factorized_macs,
     factorized_params,
-    pays_off,
 )
 from nncf_tdplugin.rank_selection.cost import dense_params
 
@@ -144,10 +143,8 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         for c in candidates:
             choice = choices.get(c.name)
             if choice is None or choice.is_dense:
-                skipped[c.name] = (
-                    f"decomposition would not reduce {metric}" if choice is not None and not pays_off(c, metric, choice)
-                    else f"kept dense by '{cfg.rank_selection}' rank selection"
-                )
+                reason = choice.reason if choice is not None and choice.reason else "kept dense"
+                skipped[c.name] = f"{cfg.rank_selection}: {reason}"
                 continue
             g = c.geometry
             plan_layers[c.name] = {

@@ -30,6 +30,7 @@ class RankChoice:
 
     method: str
     ranks: tuple[int, ...] = ()
+    reason: str = field(default="", compare=False)  # why a selector kept a layer dense (shown in statistics)
 
     @property
     def is_dense(self) -> bool:

@@ -3,7 +3,6 @@ network found by bisection so that the model meets a global budget."""
 
 from nncf_tdplugin.decomposition.ranks import max_ranks
 from nncf_tdplugin.rank_selection.base import (
-    DENSE,
     BudgetUnreachableError,
     LayerCandidate,
     RankChoice,
@@ -29,7 +28,10 @@ def choice_at_fraction(
         return candidate.fixed
     method = candidate.methods[0]
     choice = RankChoice(method, ranks_at_fraction(candidate, method, fraction, constraints))
-    return choice if pays_off(candidate, metric, choice) else DENSE
+    if pays_off(candidate, metric, choice):
+        return choice
+    return RankChoice("dense", reason=f"{method} at ranks {list(choice.ranks)} (rank fraction {fraction:.3f}) "
+                                      f"would not reduce {metric}")
 
 
 @register_selector("fraction")
