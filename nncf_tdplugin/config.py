@@ -31,17 +31,51 @@ TD_SCHEMA: dict[str, Any] = {
     "properties": {
         "algorithm": {"const": ALGO_NAME, "description": "Selects this algorithm."},
         "method": {
-            "enum": ["tucker2", "cp", "svd"],
+            "enum": ["tucker2", "cp", "svd", "auto"],
             "default": "tucker2",
             "description": "Decomposition of k x k convolutions: 'tucker2' (1x1 -> k x k core -> 1x1), 'cp' "
-            "(1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1) or 'svd' (k x k conv to R channels -> 1x1). "
+            "(1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1) or 'svd' (k x k conv to R channels -> 1x1); 'auto' "
+            "(rank_selection 'search' only) lets the search pick per layer among 'auto_methods'. "
             "1x1 convolutions and Linear layers always use 'svd'.",
         },
+        "auto_methods": {
+            "type": "array", "items": {"enum": ["tucker2", "cp", "svd"]}, "minItems": 1, "uniqueItems": True,
+            "default": ["tucker2", "svd"],
+            "description": "With method 'auto': the methods the search may choose from for k x k convs ('cp' "
+            "costs a short CP-ALS per candidate rank, so it is opt-in).",
+        },
         "rank_selection": {
-            "enum": ["uniform", "fraction"],
+            "enum": ["uniform", "fraction", "energy", "vbmf", "search"],
             "default": "uniform",
             "description": "How ranks are chosen. 'uniform': one rank fraction for every layer, the largest that "
-            "meets 'budget'. 'fraction': every layer keeps 'rank_fraction' of its full ranks (no global budget).",
+            "meets 'budget'. 'fraction': every layer keeps 'rank_fraction' of its full ranks (no global budget). "
+            "'energy': per mode, the smallest rank keeping a fraction of the singular-value energy (the threshold "
+            "'energy_threshold', or the one that meets 'budget'). 'vbmf': EVBMF ranks (Nakajima et al. 2013) scaled "
+            "to meet 'budget'. 'search': data-free continuous search minimising reconstruction error under "
+            "'budget' (ORTOS; see docs/rank_search.md and 'search').",
+        },
+        "energy_threshold": {
+            "type": "number", "exclusiveMinimum": 0, "maximum": 1,
+            "description": "With rank_selection 'energy': keep this fraction of each mode's singular-value energy "
+            "(no global budget). Without it, the threshold is chosen to meet 'budget'.",
+        },
+        "search": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Settings of rank_selection 'search'.",
+            "properties": {
+                "steps": {**_POSITIVE_INT, "default": 400, "description": "Adam steps over the rank logits."},
+                "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.1, "description": "Adam learning rate."},
+                "temperature_start": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+                                      "description": "Softmax temperature at the first step."},
+                "temperature_end": {"type": "number", "exclusiveMinimum": 0, "default": 0.01,
+                                    "description": "Softmax temperature at the last step (geometric annealing)."},
+                "penalty": {"type": "number", "exclusiveMinimum": 0, "default": 100.0,
+                            "description": "Weight lambda of the budget penalty max(0, cost/budget - 1)^2."},
+                "layer_weighting": {"enum": ["uniform", "cost"], "default": "uniform",
+                                    "description": "Weight of each layer's squared relative error: equal, or "
+                                    "its share of the dense cost."},
+            },
         },
         "budget": {
             "type": "object",
@@ -198,6 +232,9 @@ class TDConfig:
     layers: dict[str, LayerOverride] = field(default_factory=dict)
     skip_first_layer: bool = True
     skip_last_layer: bool = True
+    auto_methods: tuple = ("tucker2", "svd")
+    energy_threshold: Optional[float] = None
+    search: dict = field(default_factory=dict)
     tucker_iterations: int = 10
     cp_iterations: int = 200
     seed: int = 0
@@ -227,6 +264,23 @@ class TDConfig:
                 f"{_path(['budget'])}: rank_selection 'fraction' has no global budget; remove 'budget' or use "
                 f"rank_selection 'uniform'"
             )
+        for key, owner in (("energy_threshold", "energy"), ("search", "search")):
+            if key in section and selection != owner:
+                raise TDConfigError(
+                    f"{_path([key])}: only used with rank_selection {owner!r}, but rank_selection is {selection!r}"
+                )
+        if "energy_threshold" in section and "budget" in section:
+            raise TDConfigError(
+                f"{_path(['budget'])}: a fixed 'energy_threshold' sets the ranks, so there is no budget to meet; "
+                f"remove one of them"
+            )
+        if section.get("method") == "auto" and selection != "search":
+            raise TDConfigError(
+                f"{_path(['method'])}: 'auto' needs rank_selection 'search' (it compares methods by reconstruction "
+                f"error at equal cost), but rank_selection is {selection!r}"
+            )
+        if "auto_methods" in section and section.get("method") != "auto":
+            raise TDConfigError(f"{_path(['auto_methods'])}: only used with method 'auto'")
         layers = {}
         for name, spec in section.get("layers", {}).items():
             ranks = spec.get("ranks")
@@ -246,6 +300,9 @@ class TDConfig:
             max_rank_fraction=float(constraints["max_rank_fraction"]),
             rank_multiple=constraints["rank_multiple"],
             layers=layers,
+            auto_methods=tuple(section.get("auto_methods", ("tucker2", "svd"))),
+            energy_threshold=section.get("energy_threshold"),
+            search={**defaults(TD_SCHEMA["properties"]["search"]), **section.get("search", {})},
             skip_first_layer=section.get("skip_first_layer", True),
             skip_last_layer=section.get("skip_last_layer", True),
             tucker_iterations=numerics["tucker_iterations"],

@@ -23,6 +23,12 @@ from tests.nncf_helpers import compress, make_config
         ({"rank_selection": "fraction"}, r"tensor_decomposition\.rank_fraction: required"),
         ({"rank_fraction": 0.5, "rank_selection": "uniform"}, r"rank_fraction: only used with rank_selection"),
         ({"constraints": {"rank_multiple": 0}}, r"tensor_decomposition\.constraints\.rank_multiple: 0"),
+        ({"method": "auto"}, r"tensor_decomposition\.method: 'auto' needs rank_selection 'search'"),
+        ({"rank_selection": "energy", "energy_threshold": 0.9, "budget": {"target_ratio": 2}},
+         r"tensor_decomposition\.budget: a fixed 'energy_threshold' sets the ranks"),
+        ({"search": {"steps": 10}}, r"tensor_decomposition\.search: only used with rank_selection 'search'"),
+        ({"rank_selection": "search", "search": {"layer_weighting": "depth"}},
+         r"tensor_decomposition\.search\.layer_weighting: 'depth' is not one of"),
     ],
 )
 def test_schema_errors_name_the_key(block, message):

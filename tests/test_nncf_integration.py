@@ -115,3 +115,36 @@ def test_strip_and_onnx_export(tmp_path):
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert len(convs) == 1 + 3 + 3 + 2 + 1  # conv1, tucker2 x2, svd conv4, depthwise
     assert sum(n.op_type in ("Gemm", "MatMul") for n in graph.node) == 3
+
+
+@pytest.mark.parametrize("selection", ["energy", "vbmf", "search"])
+def test_budgeted_selectors_through_the_config(selection):
+    block = {"algorithm": "tensor_decomposition", "rank_selection": selection, "budget": {"target_ratio": 2.5},
+             "constraints": {"rank_multiple": 4}}
+    ctrl, _ = compress(td_block=block, quantization=False)
+    td = ctrl.statistics().tensor_decomposition
+    assert 2.5 <= td.params_ratio
+    if selection == "search":
+        assert td.params_ratio <= 2.5 * 1.02  # the repair lands within 2% under the budget
+    for entry in td.layers.values():
+        assert all(r % 4 == 0 or r == f for r, f in zip(entry["ranks"], entry["full_ranks"]))
+
+
+def test_auto_method_search_and_resume_without_searching(monkeypatch):
+    block = {"algorithm": "tensor_decomposition", "rank_selection": "search", "method": "auto",
+             "budget": {"metric": "flops", "target_ratio": 2.0}}
+    ctrl, model = compress(td_block=block)
+    plan = ctrl.get_compression_state()["builder_state"]["tensor_decomposition"]["plan"]
+    assert {e["method"] for e in plan["layers"].values()} <= {"tucker2", "svd"}
+    assert ctrl.statistics().tensor_decomposition.macs_ratio >= 2.0
+
+    from nncf_tdplugin.rank_selection import RANK_SELECTORS
+
+    def no_search():
+        raise AssertionError("resume must not search again")
+
+    monkeypatch.setitem(RANK_SELECTORS, "search", no_search)
+    ctrl2, model2 = compress(LowRankCNN(), td_block=block, compression_state=ctrl.get_compression_state())
+    model2.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x), model2.eval()(x))

@@ -111,11 +111,11 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
                         f"{ALGO_NAME}.layers[{override.key!r}]: layer '{name}' cannot be decomposed: {reason}"
                     )
                 continue
-            method = _method_for(layer.module, override.method if override else None, cfg.method)
+            methods = _methods_for(layer.module, override.method if override else None, cfg)
             fixed = None
             if override is not None and override.ranks is not None:
-                fixed = _fixed_choice(layer.module, method, override, cfg)
-            candidates.append(LayerCandidate(name, layer.module.weight.detach(), layer.geometry, (method,), fixed))
+                fixed = _fixed_choice(layer.module, methods[0], override, cfg)
+            candidates.append(LayerCandidate(name, layer.module.weight.detach(), layer.geometry, methods, fixed))
 
         metric = cfg.budget_metric
         cand_names = {c.name for c in candidates}
@@ -128,7 +128,8 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             constraints=RankConstraints(cfg.min_rank, cfg.max_rank_fraction, cfg.rank_multiple),
             fixed_cost=float(model_params if metric == "params" else model_macs) - cand_cost,
             seed=cfg.seed,
-            options={"rank_fraction": cfg.rank_fraction},
+            options={"rank_fraction": cfg.rank_fraction, "energy_threshold": cfg.energy_threshold,
+                     "search": cfg.search},
         )
         if not candidates:
             nncf_logger.warning(f"{ALGO_NAME}: no layer can be decomposed ({len(skipped)} skipped); model unchanged")
@@ -249,10 +250,13 @@ def _skip_reason(builder, cfg: TDConfig, layer: GraphLayer, override, first, las
     return None
 
 
-def _method_for(module: nn.Module, override_method: Optional[str], default: str) -> str:
+def _methods_for(module: nn.Module, override_method: Optional[str], cfg: TDConfig) -> tuple[str, ...]:
+    """Methods allowed for a layer, in order of preference."""
     if isinstance(module, nn.Linear) or module.weight.shape[2:] == (1, 1):
-        return "svd"
-    return override_method or default
+        return ("svd",)
+    if override_method:
+        return (override_method,)
+    return tuple(cfg.auto_methods) if cfg.method == "auto" else (cfg.method,)
 
 
 def _fixed_choice(module: nn.Module, method: str, override: _Override, cfg: TDConfig) -> RankChoice:

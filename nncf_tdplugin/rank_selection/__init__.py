@@ -4,7 +4,7 @@ All selectors implement :class:`RankSelector` (candidates + budget + constraints
 registered by name in :data:`RANK_SELECTORS`; the config key ``rank_selection`` picks one.
 """
 
-from nncf_tdplugin.rank_selection import uniform  # noqa: F401  (registers the selectors)
+from nncf_tdplugin.rank_selection import energy, search, uniform, vbmf  # noqa: F401  (registers the selectors)
 from nncf_tdplugin.rank_selection.base import (
     DENSE,
     RANK_SELECTORS,

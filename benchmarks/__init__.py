@@ -1,0 +1,1 @@
+"""Benchmarks of nncf-tdplugin (not part of the test suite); each prints a table and writes JSON."""

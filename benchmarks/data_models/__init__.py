@@ -1,0 +1,1 @@
+"""Real data and trained models for the benchmarks."""
