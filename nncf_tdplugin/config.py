@@ -152,6 +152,12 @@ TD_SCHEMA: dict[str, Any] = {
                                       "description": "HOOI sweeps after the HOSVD initialisation."},
                 "cp_iterations": {**_POSITIVE_INT, "default": 200, "description": "CP-ALS iterations."},
                 "seed": {"type": "integer", "default": 0, "description": "Seed of every random choice."},
+                "bn_aware": {
+                    "type": "boolean", "default": True,
+                    "description": "For a layer whose output feeds only a BatchNorm, weight each output channel's "
+                    "error by |gamma| / sigma of that BatchNorm (how much the channel matters after it) in both "
+                    "rank selection and decomposition. Data-free; exact at full rank.",
+                },
             },
         },
         "ignored_scopes": {
@@ -238,6 +244,7 @@ class TDConfig:
     tucker_iterations: int = 10
     cp_iterations: int = 200
     seed: int = 0
+    bn_aware: bool = True
     raw: dict = field(default_factory=dict)
 
     @classmethod
@@ -308,5 +315,6 @@ class TDConfig:
             tucker_iterations=numerics["tucker_iterations"],
             cp_iterations=numerics["cp_iterations"],
             seed=numerics["seed"],
+            bn_aware=numerics["bn_aware"],
             raw=dict(section),
         )

@@ -114,3 +114,15 @@ def test_grouped_convs_are_not_decomposable():
     assert is_decomposable(nn.Conv2d(8, 8, 3, groups=8)) == "grouped conv (groups=8)"
     assert is_decomposable(nn.Conv2d(8, 8, 3)) is None
     assert is_decomposable(nn.Linear(3, 3)) is None
+
+
+def test_output_weighted_decomposition_is_exact_at_full_rank_and_better_where_it_matters():
+    dense = nn.Conv2d(16, 32, 3, padding=1)
+    scale = torch.rand(32, dtype=torch.float64) ** 4 + 0.01  # a few output channels matter much more
+    full = decompose_layer(dense, "tucker2", (32, 16), output_scale=scale)
+    x = torch.randn(1, 16, 8, 8)
+    assert torch.allclose(full(x), dense(x), atol=1e-5)
+    plain = decompose_layer(dense, "tucker2", (8, 8))
+    weighted = decompose_layer(dense, "tucker2", (8, 8), output_scale=scale)
+    assert relative_error(dense.weight, weighted, scale) < relative_error(dense.weight, plain, scale)
+    assert relative_error(dense.weight, weighted) > relative_error(dense.weight, plain)  # the trade-off

@@ -159,11 +159,17 @@ def build_factorized(module: nn.Module, method: str, ranks: Sequence[int]) -> De
 @torch.no_grad()
 def decompose_layer(
     module: nn.Module, method: str, ranks: Sequence[int], tucker_iterations: int = 10, cp_iterations: int = 200,
-    seed: int = 0,
+    seed: int = 0, output_scale: Optional[torch.Tensor] = None,
 ) -> DecomposedLayer:
-    """Decompose a dense ``module`` into factor layers initialised from its weights."""
+    """Decompose a dense ``module`` into factor layers initialised from its weights.
+
+    ``output_scale`` (one positive value per output channel) makes the approximation weighted: the factors
+    approximate ``diag(scale) @ W`` and the last factor is divided back, so errors count in proportion to how much
+    each output channel matters downstream (e.g. gamma / sigma of a following BatchNorm; see
+    :func:`importance_weighted`). Exact at full rank either way.
+    """
     layer = build_factorized(module, method, ranks)
-    weight = module.weight
+    weight = module.weight if output_scale is None else importance_weighted(module.weight, output_scale)
     if method == "svd":
         f = svd_decompose(weight.reshape(weight.shape[0], -1), layer.ranks[0])
         layer.in_proj.weight.copy_(f.first.reshape(layer.in_proj.weight.shape))
@@ -179,9 +185,17 @@ def decompose_layer(
         layer.vertical.weight.copy_(f.vertical[:, None, :, None])
         layer.horizontal.weight.copy_(f.horizontal[:, None, None, :])
         layer.out_proj.weight.copy_(f.last[:, :, None, None])
+    if output_scale is not None:
+        shape = (-1,) + (1,) * (layer.out_proj.weight.dim() - 1)
+        layer.out_proj.weight.div_(output_scale.to(layer.out_proj.weight).reshape(shape))
     if module.bias is not None:
         layer.out_proj.bias.copy_(module.bias)
     return layer
+
+
+def importance_weighted(weight: torch.Tensor, output_scale: torch.Tensor) -> torch.Tensor:
+    """``diag(output_scale) @ W``: the weight as the next layer sees it (per output channel)."""
+    return weight * output_scale.to(weight).reshape((-1,) + (1,) * (weight.dim() - 1))
 
 
 @torch.no_grad()
@@ -198,7 +212,11 @@ def reconstruct_weight(layer: DecomposedLayer) -> torch.Tensor:
     return torch.einsum("tr,rs,ri,rj->tsij", last, first.flatten(1), v, h)
 
 
-def relative_error(dense_weight: torch.Tensor, layer: DecomposedLayer) -> float:
-    """||W - W_hat||_F / ||W||_F."""
+def relative_error(dense_weight: torch.Tensor, layer: DecomposedLayer,
+                   output_scale: Optional[torch.Tensor] = None) -> float:
+    """||W - W_hat||_F / ||W||_F, weighted per output channel by ``output_scale`` if given."""
     w = dense_weight.detach()
-    return float((reconstruct_weight(layer).reshape(w.shape) - w).norm() / w.norm().clamp_min(1e-12))
+    w_hat = reconstruct_weight(layer).reshape(w.shape)
+    if output_scale is not None:
+        w, w_hat = importance_weighted(w, output_scale), importance_weighted(w_hat, output_scale)
+    return float((w_hat - w).norm() / w.norm().clamp_min(1e-12))

@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError
 from nncf_tdplugin.decomposition.ranks import max_ranks
-from nncf_tdplugin.layers import build_factorized, check_ranks, decompose_layer, is_decomposable, relative_error
+from nncf_tdplugin.layers import (
+    build_factorized,
+    check_ranks,
+    decompose_layer,
+    importance_weighted,
+    is_decomposable,
+    relative_error,
+)
 from nncf_tdplugin.nncf_integration._internals import refresh_after_restructuring
 from nncf_tdplugin.nncf_integration.graph_layers import GraphLayer, find_weighted_layers
 from nncf_tdplugin.rank_selection import (
@@ -115,7 +122,11 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             fixed = None
             if override is not None and override.ranks is not None:
                 fixed = _fixed_choice(layer.module, methods[0], override, cfg)
-            candidates.append(LayerCandidate(name, layer.module.weight.detach(), layer.geometry, methods, fixed))
+            weight = layer.module.weight.detach()
+            scale = self._output_scale(layer)
+            if scale is not None:
+                weight = importance_weighted(weight, scale)
+            candidates.append(LayerCandidate(name, weight, layer.geometry, methods, fixed))
 
         metric = cfg.budget_metric
         cand_names = {c.name for c in candidates}
@@ -178,11 +189,13 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         for name, entry in tqdm(items, desc="tensor_decomposition", disable=None if decompose else True):
             dense = by_name[name].module
             if decompose:
+                scale = self._output_scale(by_name[name])
                 factorized = decompose_layer(
                     dense, entry["method"], entry["ranks"], tucker_iterations=cfg.tucker_iterations,
-                    cp_iterations=cfg.cp_iterations, seed=cfg.seed,
+                    cp_iterations=cfg.cp_iterations, seed=cfg.seed, output_scale=scale,
                 )
-                entry["relative_error"] = relative_error(dense.weight, factorized)
+                entry["relative_error"] = relative_error(dense.weight, factorized, scale)
+                entry["bn_weighted"] = scale is not None
             else:
                 factorized = build_factorized(dense, entry["method"], entry["ranks"])
             for child_name, child in list(factorized.named_children()):
@@ -190,6 +203,10 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
                 setattr(factorized, child_name, nncf_module_from(child))
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, factorized)
+
+
+    def _output_scale(self, layer: GraphLayer) -> Optional[torch.Tensor]:
+        return layer.output_scale if self.td_config.bn_aware else None
 
 
 class _Override:

@@ -20,6 +20,7 @@ class GraphLayer:
     geometry: Optional[LayerGeometry]  # None for layers whose cost is not analytic (grouped convs)
     macs: int  # dense MACs of this call (grouped convs included)
     calls: int  # how many graph nodes call this module (shared modules are not decomposed)
+    output_scale: Optional[torch.Tensor] = None  # |gamma| / sigma of a BatchNorm that alone consumes the output
 
 
 def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
@@ -49,8 +50,25 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
             macs = dense_macs(geometry)
         else:  # grouped conv: every output pixel costs weight.numel() MACs
             macs = int(torch.tensor(out_shape[2:]).prod()) * module.weight.numel()
-        layers.append(GraphLayer(names[id(module)], node.node_name, module, geometry, macs, calls[id(module)]))
+        layers.append(GraphLayer(names[id(module)], node.node_name, module, geometry, macs, calls[id(module)],
+                                 _following_batchnorm_scale(model, graph, node)))
     return layers
+
+
+def _following_batchnorm_scale(model: NNCFNetwork, graph, node) -> Optional[torch.Tensor]:
+    """Per-channel |gamma| / sqrt(running_var + eps) of the BatchNorm that is the only consumer of ``node``'s
+    output, floored at 5% of its median (a dead channel still gets a sane weight scale after division)."""
+    consumers = graph.get_output_edges(node)
+    if len(consumers) != 1:
+        return None
+    try:
+        bn = model.nncf.get_containing_module(consumers[0].to_node.node_name)
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or not bn.affine:
+        return None
+    scale = (bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)).double().cpu()
+    return scale.clamp_min(0.05 * float(scale.median()) + 1e-12)
 
 
 def _is_plain(module: nn.Module) -> bool:
