@@ -46,7 +46,7 @@ TD_SCHEMA: dict[str, Any] = {
         },
         "rank_selection": {
             "enum": ["uniform", "fraction", "energy", "vbmf", "search"],
-            "default": "uniform",
+            "default": "search",
             "description": "How ranks are chosen. 'uniform': one rank fraction for every layer, the largest that "
             "meets 'budget'. 'fraction': every layer keeps 'rank_fraction' of its full ranks (no global budget). "
             "'energy': per mode, the smallest rank keeping a fraction of the singular-value energy (the threshold "
@@ -80,7 +80,9 @@ TD_SCHEMA: dict[str, Any] = {
         "budget": {
             "type": "object",
             "additionalProperties": False,
-            "description": "Global budget for the whole model: its cost divided by 'target_ratio'.",
+            "description": "Global budget: the cost (of the whole model, or of the decomposable layers, see "
+            "'scope') divided by 'target_ratio'. Without this key the default is params 2.0 over the decomposable "
+            "layers, which is always reachable.",
             "properties": {
                 "metric": {
                     "enum": ["params", "flops"],
@@ -93,6 +95,12 @@ TD_SCHEMA: dict[str, Any] = {
                     "exclusiveMinimum": 1,
                     "default": 2.0,
                     "description": "How many times smaller the model should be (e.g. 3.0).",
+                },
+                "scope": {
+                    "enum": ["model", "decomposable"],
+                    "default": "model",
+                    "description": "'model': the ratio is for the whole model (layers left dense included); "
+                    "'decomposable': for the layers that may be decomposed only.",
                 },
             },
         },
@@ -228,9 +236,10 @@ class TDConfig:
     """The parsed block, with defaults filled in."""
 
     method: str = "tucker2"
-    rank_selection: str = "uniform"
+    rank_selection: str = "search"
     budget_metric: str = "params"
     target_ratio: float = 2.0
+    budget_scope: str = "decomposable"
     rank_fraction: Optional[float] = None
     min_rank: int = 1
     max_rank_fraction: float = 1.0
@@ -256,9 +265,11 @@ class TDConfig:
         if message:
             raise TDConfigError(message)
         budget = {**defaults(TD_SCHEMA["properties"]["budget"]), **section.get("budget", {})}
+        if "budget" not in section:  # the default budget must be reachable whatever the model
+            budget["scope"] = "decomposable"
         constraints = {**defaults(TD_SCHEMA["properties"]["constraints"]), **section.get("constraints", {})}
         numerics = {**defaults(TD_SCHEMA["properties"]["decomposition"]), **section.get("decomposition", {})}
-        selection = section.get("rank_selection", "fraction" if "rank_fraction" in section else "uniform")
+        selection = section.get("rank_selection", "fraction" if "rank_fraction" in section else "search")
         if selection == "fraction" and "rank_fraction" not in section:
             raise TDConfigError(f"{_path(['rank_fraction'])}: required when rank_selection is 'fraction'")
         if selection != "fraction" and "rank_fraction" in section:
@@ -302,6 +313,7 @@ class TDConfig:
             rank_selection=selection,
             budget_metric=budget["metric"],
             target_ratio=float(budget["target_ratio"]),
+            budget_scope=budget["scope"],
             rank_fraction=section.get("rank_fraction"),
             min_rank=constraints["min_rank"],
             max_rank_fraction=float(constraints["max_rank_fraction"]),

@@ -137,7 +137,8 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             candidates=candidates,
             budget=Budget(metric, cfg.target_ratio),
             constraints=RankConstraints(cfg.min_rank, cfg.max_rank_fraction, cfg.rank_multiple),
-            fixed_cost=float(model_params if metric == "params" else model_macs) - cand_cost,
+            fixed_cost=(float(model_params if metric == "params" else model_macs) - cand_cost
+                        if cfg.budget_scope == "model" else 0.0),
             seed=cfg.seed,
             options={"rank_fraction": cfg.rank_fraction, "energy_threshold": cfg.energy_threshold,
                      "search": cfg.search},
@@ -172,6 +173,8 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         return {
             "layers": plan_layers, "skipped": skipped, "metric": metric, "rank_selection": cfg.rank_selection,
             "target_ratio": cfg.target_ratio if cfg.rank_selection != "fraction" else None,
+            "budget_scope": cfg.budget_scope,
+            "achieved_ratio": problem.ratio(choices) if candidates else 1.0,
             "model_params": model_params, "model_macs": model_macs,
         }
 

@@ -86,6 +86,8 @@ class TensorDecompositionController(PTCompressionAlgorithmController):
             macs_before=plan["model_macs"],
             macs_after=plan["model_macs"] - sum(e["dense_macs"] - e["macs"] for e in layers.values()),
             stage=self.compression_stage().name,
+            budget_scope=plan.get("budget_scope", "model"),
+            achieved_ratio=plan.get("achieved_ratio"),
         )
 
     def statistics(self, quickly_collected_only: bool = False) -> NNCFStatistics:

@@ -27,6 +27,8 @@ class TensorDecompositionStatistics(Statistics):
     macs_before: int
     macs_after: int
     stage: str
+    budget_scope: str = "model"
+    achieved_ratio: Optional[float] = None  # in the budget metric and scope
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -41,7 +43,8 @@ class TensorDecompositionStatistics(Statistics):
         summary = [
             ["Compression stage", self.stage],
             ["Budget metric", self.budget_metric],
-            ["Target ratio", "-" if self.target_ratio is None else f"{self.target_ratio:.3f}x"],
+            ["Target ratio", "-" if self.target_ratio is None else f"{self.target_ratio:.3f}x ({self.budget_scope})"],
+            ["Budget reached", "-" if self.achieved_ratio is None else f"{self.achieved_ratio:.3f}x ({self.budget_scope})"],
             ["Model params", f"{_fmt_int(self.params_before)} -> {_fmt_int(self.params_after)} "
                              f"({self.params_ratio:.3f}x)"],
             ["Model MACs (conv/linear)", f"{_fmt_int(self.macs_before)} -> {_fmt_int(self.macs_after)} "

@@ -146,7 +146,8 @@ class ContinuousRankSearch(RankSelector):
         self.loss_history = history
         self.menus = menus
         self.seconds = time.perf_counter() - start
-        return {m.name: m.choices[i] for m, i in zip(menus, idx)}
+        dense = RankChoice("dense", reason="the search spent the budget elsewhere (dense is within it here)")
+        return {m.name: (dense if m.choices[i].is_dense else m.choices[i]) for m, i in zip(menus, idx)}
 
     @staticmethod
     def relax(menus, weights, fixed_cost, target, dense_total, opts, seed) -> tuple[list[int], list[dict]]:
