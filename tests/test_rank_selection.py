@@ -163,3 +163,11 @@ def test_every_selector_honours_budget_and_rank_constraints(problem, name):
             upper = max(1, min(full, math.floor(c.max_rank_fraction * full + 1e-9)))
             assert 1 <= r <= upper
             assert r == upper or (r % c.rank_multiple == 0 and r >= c.min_rank)
+
+
+def test_rank_grid_clamping():
+    c = RankConstraints(min_rank=3, rank_multiple=2, max_rank_fraction=0.5)
+    assert c.clamp(1, 14) == 4  # min_rank first, then up to the multiple
+    assert c.clamp(5.2, 14) == 6
+    assert c.clamp(100, 14) == 7  # the cap wins even if it is not a multiple
+    assert RankConstraints().clamp(0, 10) == 1

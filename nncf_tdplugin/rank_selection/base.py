@@ -47,11 +47,12 @@ class RankConstraints:
     rank_multiple: int = 1
 
     def clamp(self, rank: float, full: int) -> int:
-        """Round ``rank`` to the allowed grid: a multiple of ``rank_multiple`` (rounded up), at least
-        ``min_rank`` and at most ``max_rank_fraction * full`` (and never above ``full``)."""
+        """Round ``rank`` to the allowed grid: at least ``min_rank``, rounded up to a multiple of
+        ``rank_multiple``, and at most ``max_rank_fraction * full`` (never above ``full``; the cap wins, even if it
+        is not a multiple)."""
         upper = max(1, min(full, int(math.floor(self.max_rank_fraction * full + 1e-9))))
-        r = int(math.ceil(max(rank, 1) / self.rank_multiple - 1e-9)) * self.rank_multiple
-        r = max(r, self.min_rank)
+        r = max(float(rank), float(self.min_rank), 1.0)
+        r = int(math.ceil(r / self.rank_multiple - 1e-9)) * self.rank_multiple
         return int(min(r, upper))
 
 
