@@ -3,10 +3,13 @@ output agreement, and writing JSON + printing a table."""
 
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
 from typing import Callable, Optional
+
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")  # gcc build of NNCF's extension on a busy machine
 
 import nncf_tdplugin  # noqa: F401  (first: enables NNCF's tracing, registers the algorithm)
 import nncf

@@ -16,11 +16,15 @@ threads pinned; see nncf_tdplugin/export/latency.py.
 """
 
 import argparse
-import copy
 import json
+import os
 import pathlib
 import sys
 import time
+
+# NNCF builds its CPU quantization extension with gcc on first use; on a busy 2-core machine that can take longer
+# than NNCF's default 60 s limit.
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 
 import nncf_tdplugin  # noqa: F401  (first: enables NNCF's tracing and registers the algorithm)
 import nncf
