@@ -17,7 +17,8 @@ import torch
 from nncf.torch import create_compressed_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "samples"))
+sys.path.insert(0, str(ROOT / "samples"))  # natural_images
+sys.path.insert(0, str(ROOT))  # benchmarks.data_models when run as a script
 
 
 def quiet_nncf() -> None:

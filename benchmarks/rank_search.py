@@ -13,6 +13,7 @@ of its weights. ResNet-50 (random weights) measures search time only.
 
 import argparse
 import copy
+import json
 import time
 
 import torch
@@ -45,14 +46,16 @@ def fmnist_model_and_data(n_test):
     return model, x, y[:n_test], info
 
 
-def run_model(name, factory, x, labels, input_size, ratios, rows, metric="params"):
+def run_model(name, factory, x, labels, input_size, ratios, rows, metric="params", extra=None):
     reference = logits(factory(), x)
     baseline = float((reference.argmax(1) == labels).float().mean()) if labels is not None else None
     for ratio in ratios:
         for selector in SELECTORS:
             block = {"algorithm": "tensor_decomposition", "rank_selection": selector, "skip_last_layer": False,
-                     "budget": {"metric": metric, "target_ratio": ratio}}
+                     "budget": {"metric": metric, "target_ratio": ratio}, **(extra or {})}
             row = {"model": name, "budget_metric": metric, "target_ratio": ratio, "selector": selector}
+            if extra:
+                row["extra_config"] = json.dumps(extra)
             try:
                 ctrl, model, _ = compress_with_config(factory(), input_size, copy.deepcopy(block))
             except ValueError as e:  # unreachable budgets are reported, not hidden
@@ -93,27 +96,31 @@ def main():
     p.add_argument("--model-fn", help="for --model custom: 'package.module:function' returning the model")
     p.add_argument("--input-size", default="1,3,224,224")
     p.add_argument("--ratios", default=None, help="comma-separated, default 2,3,5 (2,3 with --quick)")
+    p.add_argument("--td-extra", default=None, help='extra keys for every tensor_decomposition block, as JSON, '
+                   'e.g. \'{"decomposition": {"bn_aware": false}}\'')
     args = p.parse_args()
     quiet_nncf()
     torch.manual_seed(0)
     torch.set_num_threads(2)
     ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else ([2.0, 3.0] if args.quick else [2.0, 3.0, 5.0])
     rows = []
+    extra = json.loads(args.td_extra) if args.td_extra else None
     if args.model in ("all", "mobilenet_v2"):
         from natural_images import crops
 
         run_model("mobilenet_v2 (ImageNet)", mobilenet_v2, crops(64 if args.quick else 256, seed=7), None,
-                  [1, 3, 224, 224], ratios, rows)
+                  [1, 3, 224, 224], ratios, rows, extra=extra)
     if args.model in ("all", "resnet_fmnist"):
         model, x, y, info = fmnist_model_and_data(1000 if args.quick else 10000)
-        run_model("resnet18 (Fashion-MNIST)", lambda: copy.deepcopy(model), x, y, [1, 1, 28, 28], ratios, rows)
+        run_model("resnet18 (Fashion-MNIST)", lambda: copy.deepcopy(model), x, y, [1, 1, 28, 28], ratios, rows,
+                  extra=extra)
     if args.model in ("all", "resnet50"):
         resnet50_search_time(rows)
     if args.model == "custom":
         factory = load_factory(args.model_fn)
         size = [int(s) for s in args.input_size.split(",")]
         x = torch.randn(64, *size[1:], generator=torch.Generator().manual_seed(0))
-        run_model(args.model_fn, factory, x, None, size, ratios, rows)
+        run_model(args.model_fn, factory, x, None, size, ratios, rows, extra=extra)
     print()
     write_and_print(rows, COLUMNS, args.json)
 

@@ -7,7 +7,8 @@ rank and say nothing about how a trained network decomposes).
 
 No pretrained Fashion-MNIST model exists anywhere offline; `get_trained_resnet_fmnist` trains one (a few minutes
 per epoch on 2 cores) and caches the state_dict under ~/.cache/nncf_tdplugin with a JSON sidecar (accuracy,
-epochs, seconds, widths).
+epochs, seconds, widths). Measured here: widths (32, 64, 128, 256), 3 epochs, one-cycle SGD -> 92.27% test
+accuracy (41 min on 2 shared cores; about 5 min/epoch unshared).
 """
 
 import argparse
@@ -153,7 +154,7 @@ def train(model: nn.Module, train_loader, epochs: int, lr: float = 0.1, weight_d
             bar.set_postfix(loss=f"{float(loss):.3f}")
 
 
-def get_trained_resnet_fmnist(widths=(32, 64, 128, 256), epochs: int = 4, cache_dir: pathlib.Path = CACHE_DIR,
+def get_trained_resnet_fmnist(widths=(32, 64, 128, 256), epochs: int = 3, cache_dir: pathlib.Path = CACHE_DIR,
                               min_accuracy: float = 0.92, seed: int = 0) -> tuple[ResNetFMNIST, dict]:
     """A trained ResNetFMNIST and its sidecar info, from the cache or trained now (and cached)."""
     cache_dir = pathlib.Path(cache_dir)
@@ -184,7 +185,7 @@ def get_trained_resnet_fmnist(widths=(32, 64, 128, 256), epochs: int = 4, cache_
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", action="store_true", help="train (or load) the cached model and report")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.train:
