@@ -161,7 +161,7 @@ TD_SCHEMA: dict[str, Any] = {
                 "cp_iterations": {**_POSITIVE_INT, "default": 200, "description": "CP-ALS iterations."},
                 "seed": {"type": "integer", "default": 0, "description": "Seed of every random choice."},
                 "bn_aware": {
-                    "type": "boolean", "default": True,
+                    "type": "boolean", "default": False,
                     "description": "For a layer whose output feeds only a BatchNorm, weight each output channel's "
                     "error by |gamma| / sigma of that BatchNorm (how much the channel matters after it) in both "
                     "rank selection and decomposition. Data-free; exact at full rank.",
@@ -253,7 +253,7 @@ class TDConfig:
     tucker_iterations: int = 10
     cp_iterations: int = 200
     seed: int = 0
-    bn_aware: bool = True
+    bn_aware: bool = False
     raw: dict = field(default_factory=dict)
 
     @classmethod
