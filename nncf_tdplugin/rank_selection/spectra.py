@@ -2,6 +2,7 @@
 
 import torch
 
+from nncf_tdplugin.decomposition.svd import singular_values
 from nncf_tdplugin.rank_selection.base import LayerCandidate
 
 
@@ -10,7 +11,7 @@ def mode_spectra(candidate: LayerCandidate, method: str) -> list[torch.Tensor]:
     Tucker-2; the [T, S*k*k] matrix for SVD; the mode-0 unfolding for CP (whose rank is set from it)."""
     w = candidate.weight.detach().double().cpu()
     t, s = w.shape[:2]
-    out = torch.linalg.svdvals(w.reshape(t, -1))
+    out = singular_values(w.reshape(t, -1))
     if method == "tucker2":
-        return [out, torch.linalg.svdvals(w.transpose(0, 1).reshape(s, -1))]
+        return [out, singular_values(w.transpose(0, 1).reshape(s, -1))]
     return [out]
