@@ -56,7 +56,8 @@ def test_search_loss_decreases_and_penalty_vanishes_when_the_budget_is_met():
     assert losses[-1] < 0.2 * losses[0]
     window = 20
     smoothed = [sum(losses[i:i + window]) / window for i in range(0, len(losses) - window, window)]
-    assert sum(b <= a + 1e-9 for a, b in zip(smoothed, smoothed[1:])) >= 0.8 * (len(smoothed) - 1)
+    # decreases window after window, up to 1% noise once it has converged
+    assert all(b <= a * 1.01 for a, b in zip(smoothed, smoothed[1:])), smoothed
     assert selector.loss_history[-1]["penalty"] == pytest.approx(0.0, abs=1e-6)
     assert selector.loss_history[-1]["expected_ratio"] >= 4.0 * 0.99
 
