@@ -30,28 +30,24 @@ from nncf_tdplugin.decomposition import cp_decompose, svd_decompose, tucker2_dec
 from nncf_tdplugin.decomposition.ranks import METHODS, max_ranks
 
 
-class DecomposedConv2d(nn.Sequential):
+class _Decomposed(nn.Sequential):
+    """Factor layers of one dense layer, in order; ``method`` and ``ranks`` say how it was factorised."""
+
+    def __init__(self, method: str, ranks: Sequence[int], factors: "OrderedDict[str, nn.Module]"):
+        super().__init__(factors)
+        self.method = method
+        self.ranks = tuple(int(r) for r in ranks)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, ranks={self.ranks}"
+
+
+class DecomposedConv2d(_Decomposed):
     """A ``Conv2d`` replaced by its factor convolutions (see the module docstring for the layout)."""
 
-    def __init__(self, method: str, ranks: Sequence[int], factors: "OrderedDict[str, nn.Conv2d]"):
-        super().__init__(factors)
-        self.method = method
-        self.ranks = tuple(int(r) for r in ranks)
 
-    def extra_repr(self) -> str:
-        return f"method={self.method}, ranks={self.ranks}"
-
-
-class DecomposedLinear(nn.Sequential):
+class DecomposedLinear(_Decomposed):
     """A ``Linear`` replaced by two thinner ``Linear`` layers (truncated SVD)."""
-
-    def __init__(self, method: str, ranks: Sequence[int], factors: "OrderedDict[str, nn.Linear]"):
-        super().__init__(factors)
-        self.method = method
-        self.ranks = tuple(int(r) for r in ranks)
-
-    def extra_repr(self) -> str:
-        return f"method={self.method}, ranks={self.ranks}"
 
 
 DecomposedLayer = Union[DecomposedConv2d, DecomposedLinear]

@@ -12,7 +12,7 @@ from nncf_tdplugin.decomposition.ranks import max_ranks
 from nncf_tdplugin.rank_selection.base import RankChoice, RankSelector, SelectionProblem, register_selector
 from nncf_tdplugin.rank_selection.budget_fit import fit_to_budget
 from nncf_tdplugin.rank_selection.spectra import mode_spectra
-from nncf_tdplugin.rank_selection.uniform import choice_or_dense
+from nncf_tdplugin.rank_selection.uniform import per_layer_rule
 
 
 def energy_rank(spectrum: torch.Tensor, threshold: float) -> int:
@@ -24,27 +24,19 @@ def energy_rank(spectrum: torch.Tensor, threshold: float) -> int:
 @register_selector("energy")
 class EnergySelector(RankSelector):
     def select(self, problem: SelectionProblem) -> dict[str, RankChoice]:
-        metric, constraints = problem.budget.metric, problem.constraints
+        constraints = problem.constraints
         spectra = {c.name: mode_spectra(c, c.methods[0]) for c in problem.candidates if c.fixed is None}
 
+        def ranks_of(c, threshold: float) -> tuple:
+            method = c.methods[0]
+            full = max_ranks(c.weight.shape, method)
+            if method == "cp":
+                spectrum = spectra[c.name][0]
+                return (constraints.clamp(energy_rank(spectrum, threshold) / len(spectrum) * full[0], full[0]),)
+            return tuple(constraints.clamp(energy_rank(s, threshold), f) for s, f in zip(spectra[c.name], full))
+
         def rule(threshold: float) -> dict[str, RankChoice]:
-            choices = {}
-            for c in problem.candidates:
-                if c.fixed is not None:
-                    choices[c.name] = c.fixed
-                    continue
-                method = c.methods[0]
-                full = max_ranks(c.weight.shape, method)
-                if method == "cp":
-                    spectrum = spectra[c.name][0]
-                    fraction = energy_rank(spectrum, threshold) / len(spectrum)
-                    ranks = (constraints.clamp(fraction * full[0], full[0]),)
-                else:
-                    ranks = tuple(constraints.clamp(energy_rank(s, threshold), f)
-                                  for s, f in zip(spectra[c.name], full))
-                choices[c.name] = choice_or_dense(c, RankChoice(method, ranks), metric,
-                                                  f"energy threshold {threshold:.4f}")
-            return choices
+            return per_layer_rule(problem, lambda c: ranks_of(c, threshold), f"energy threshold {threshold:.4f}")
 
         fixed = problem.options.get("energy_threshold")
         if fixed is not None:

@@ -1,6 +1,8 @@
 """Classic rank rules that need no search: a fixed fraction of each layer's rank, or one fraction for the whole
 network found by bisection so that the model meets a global budget."""
 
+from typing import Callable
+
 from nncf_tdplugin.decomposition.ranks import max_ranks
 from nncf_tdplugin.rank_selection.base import (
     LayerCandidate,
@@ -27,15 +29,20 @@ def choice_or_dense(candidate: LayerCandidate, choice: RankChoice, metric: str, 
     return RankChoice("dense", reason=f"{choice.method} at ranks {list(choice.ranks)} ({why}) would not reduce {metric}")
 
 
-def choice_at_fraction(
-    candidate: LayerCandidate, fraction: float, constraints: RankConstraints, metric: str
-) -> RankChoice:
-    """The layer's choice at ``fraction`` with its preferred method; dense if that would not pay off."""
-    if candidate.fixed is not None:
-        return candidate.fixed
-    method = candidate.methods[0]
-    choice = RankChoice(method, ranks_at_fraction(candidate, method, fraction, constraints))
-    return choice_or_dense(candidate, choice, metric, f"rank fraction {fraction:.3f}")
+def per_layer_rule(problem: SelectionProblem, ranks_of: Callable[[LayerCandidate], tuple], why: str
+                   ) -> dict[str, RankChoice]:
+    """Apply a per-layer rank rule to every candidate: user overrides are kept, and a factorisation that would not
+    pay off becomes dense (with ``why`` in its reason)."""
+    metric = problem.budget.metric
+    return {c.name: c.fixed if c.fixed is not None
+            else choice_or_dense(c, RankChoice(c.methods[0], ranks_of(c)), metric, why)
+            for c in problem.candidates}
+
+
+def fraction_rule(problem: SelectionProblem, fraction: float) -> dict[str, RankChoice]:
+    """Every layer at ``fraction`` of its full ranks, with its preferred method."""
+    return per_layer_rule(problem, lambda c: ranks_at_fraction(c, c.methods[0], fraction, problem.constraints),
+                          f"rank fraction {fraction:.3f}")
 
 
 @register_selector("fraction")
@@ -43,9 +50,7 @@ class FractionSelector(RankSelector):
     """Every layer keeps ``options["rank_fraction"]`` of its full ranks (no global budget)."""
 
     def select(self, problem: SelectionProblem) -> dict[str, RankChoice]:
-        fraction = problem.options["rank_fraction"]
-        m = problem.budget.metric
-        return {c.name: choice_at_fraction(c, fraction, problem.constraints, m) for c in problem.candidates}
+        return fraction_rule(problem, problem.options["rank_fraction"])
 
 
 @register_selector("uniform")
@@ -53,9 +58,4 @@ class UniformSelector(RankSelector):
     """One rank fraction for every layer, the largest that meets the global budget (bisection)."""
 
     def select(self, problem: SelectionProblem) -> dict[str, RankChoice]:
-        m = problem.budget.metric
-
-        def rule(fraction: float) -> dict[str, RankChoice]:
-            return {c.name: choice_at_fraction(c, fraction, problem.constraints, m) for c in problem.candidates}
-
-        return fit_to_budget(problem, rule, "rank fraction")
+        return fit_to_budget(problem, lambda fraction: fraction_rule(problem, fraction), "rank fraction")

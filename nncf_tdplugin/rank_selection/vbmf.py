@@ -17,7 +17,7 @@ from nncf_tdplugin.decomposition.ranks import max_ranks
 from nncf_tdplugin.rank_selection.base import RankChoice, RankSelector, SelectionProblem, register_selector
 from nncf_tdplugin.rank_selection.budget_fit import fit_to_budget
 from nncf_tdplugin.rank_selection.spectra import mode_spectra
-from nncf_tdplugin.rank_selection.uniform import choice_or_dense
+from nncf_tdplugin.rank_selection.uniform import per_layer_rule
 
 
 def _tau(x: np.ndarray, alpha: float) -> np.ndarray:
@@ -69,7 +69,7 @@ def unfolding_shapes(weight_shape, method: str) -> list[tuple[int, int]]:
 @register_selector("vbmf")
 class VBMFSelector(RankSelector):
     def select(self, problem: SelectionProblem) -> dict[str, RankChoice]:
-        metric, constraints = problem.budget.metric, problem.constraints
+        constraints = problem.constraints
         profile = {}  # layer -> VBMF ranks (>= 1) per truncated mode, and the method's full ranks
         for c in problem.candidates:
             if c.fixed is not None:
@@ -85,15 +85,10 @@ class VBMFSelector(RankSelector):
         top = max((f / v for vb, full in profile.values() for v, f in zip(vb, full)), default=1.0)
 
         def rule(x: float) -> dict[str, RankChoice]:
-            choices = {}
-            for c in problem.candidates:
-                if c.fixed is not None:
-                    choices[c.name] = c.fixed
-                    continue
+            def ranks_of(c) -> tuple:
                 vb, full = profile[c.name]
-                ranks = tuple(constraints.clamp(x * top * v, f) for v, f in zip(vb, full))
-                choices[c.name] = choice_or_dense(c, RankChoice(c.methods[0], ranks), metric,
-                                                  f"VBMF ranks {vb} scaled by {x * top:.3f}")
-            return choices
+                return tuple(constraints.clamp(x * top * v, f) for v, f in zip(vb, full))
+
+            return per_layer_rule(problem, ranks_of, f"VBMF ranks scaled by {x * top:.3f}")
 
         return fit_to_budget(problem, rule, "VBMF scale")
