@@ -12,9 +12,8 @@ from typing import Optional
 import numpy as np
 
 from nncf_tdplugin.decomposition import cp_decompose, max_ranks, svd_relative_errors, tucker2_relative_errors
-from nncf_tdplugin.rank_selection.base import LayerCandidate, RankChoice, RankConstraints, pays_off
+from nncf_tdplugin.rank_selection.base import DENSE, LayerCandidate, RankChoice, RankConstraints, pays_off
 
-DENSE_CHOICE = RankChoice("dense")
 
 
 @dataclass
@@ -57,7 +56,7 @@ def build_menu(candidate: LayerCandidate, metric: str, constraints: RankConstrai
         fixed = candidate.fixed
         return Menu(candidate.name, [fixed], np.array([candidate.cost(metric, fixed)]), np.array([0.0]))
     w = candidate.weight.detach().double().cpu()
-    choices: list[RankChoice] = [DENSE_CHOICE]
+    choices: list[RankChoice] = [DENSE]
     costs: list[float] = [candidate.dense_cost(metric)]
     errors: list[float] = [0.0]
 
