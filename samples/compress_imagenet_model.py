@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18"])
     parser.add_argument("--config", default=str(HERE / "configs" / "mobilenet_v2_td_int8.json"))
     parser.add_argument("--out", default="out/demo")
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--eval-images", type=int, default=256)
