@@ -1,4 +1,4 @@
-"""Export and deployment: OpenVINO IR (and ONNX through the controller's ``export_model``), compilation at a
+"""Export and deployment: OpenVINO IR (ONNX goes through the controller's ``export_model``), compilation at a
 pinned precision, INT8-weight checks, and latency measured in separate processes."""
 
 from nncf_tdplugin.export.latency import LatencyResult, measure_latency, measure_many

@@ -1,29 +1,49 @@
-"""Times one OpenVINO IR and prints JSON. Run as a separate process by :mod:`nncf_tdplugin.export.latency`.
+"""Times one OpenVINO IR and prints one line of JSON. Run by :mod:`nncf_tdplugin.export.latency` as a script.
 
-It imports only OpenVINO and numpy: a torch thread pool in the same process fights OpenVINO's for the cores
-(on 2 cores a 13 ms model was measured at 669 ms).
+It imports only OpenVINO and numpy, never torch and never the ``nncf_tdplugin`` package (whose import loads
+nncf.torch, hence torch): a torch thread pool in the same process fights OpenVINO's for the cores (on 2 cores a
+13 ms model was measured at 669 ms). That is also why it runs as a script rather than with ``python -m``.
 """
 
-import argparse
-import json
-import time
-from collections import defaultdict
+import os
+import sys
 
-import numpy as np
-import openvino as ov
+# A script's directory comes first on sys.path; keep this package's modules (e.g. openvino_export.py) from ever
+# shadowing a real package in this OpenVINO-only process.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+
+import numpy as np  # noqa: E402
+import openvino as ov  # noqa: E402
+
+
+def _parse_args():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("xml")
+    p.add_argument("--shape", required=True, help="comma-separated input shape, e.g. 1,3,224,224")
+    p.add_argument("--precision", choices=("f32", "bf16", "default"), default="f32")
+    p.add_argument("--threads", type=int, default=0, help="0: OpenVINO's choice")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--profile", action="store_true",
+                   help="PERF_COUNT on; report per-layer-type times averaged over the iterations (timings slower)")
+    return p.parse_args()
+
+
+def _random_input(port, shape):
+    dtype = port.get_element_type().to_dtype()
+    if np.issubdtype(dtype, np.floating):
+        return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    return np.zeros(shape, dtype)  # integer inputs (token ids, masks): zeros are valid everywhere
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("xml")
-    p.add_argument("--shape", required=True, help="comma-separated input shape")
-    p.add_argument("--precision", default="f32")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--min-seconds", type=float, default=0.0)
-    p.add_argument("--profile", action="store_true")
-    a = p.parse_args()
+    a = _parse_args()
     config = {"PERFORMANCE_HINT": "LATENCY"}
     if a.precision != "default":
         config["INFERENCE_PRECISION_HINT"] = a.precision
@@ -33,27 +53,33 @@ def main() -> None:
         config["PERF_COUNT"] = True
     core = ov.Core()
     compiled = core.compile_model(core.read_model(a.xml), "CPU", config)
+    if len(compiled.inputs) != 1:
+        sys.exit(f"{a.xml} has {len(compiled.inputs)} inputs; the latency worker feeds exactly one")
+    x = _random_input(compiled.input(0), [int(s) for s in a.shape.split(",")])
     request = compiled.create_infer_request()
-    shape = [int(s) for s in a.shape.split(",")]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for _ in range(a.warmup):
         request.infer({0: x})
-    times = []
-    start = time.perf_counter()
-    while len(times) < a.iterations or time.perf_counter() - start < a.min_seconds:
+    times, by_type, by_kernel = [], defaultdict(float), defaultdict(float)
+    for _ in range(a.iterations):
         t0 = time.perf_counter()
         request.infer({0: x})
         times.append((time.perf_counter() - t0) * 1e3)
+        if a.profile:  # get_profiling_info() describes the last inference only: accumulate
+            for info in request.get_profiling_info():
+                if info.status == ov.ProfilingInfo.Status.EXECUTED:
+                    ms = info.real_time.total_seconds() * 1e3
+                    by_type[info.node_type] += ms
+                    by_kernel[f"{info.node_type}:{info.exec_type}"] += ms
     result = {
         "times_ms": times,
-        "runtime_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+        "runtime_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),  # "f32", "bf16"
         "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "torch_loaded": "torch" in sys.modules,
     }
     if a.profile:
-        by_type = defaultdict(float)
-        for info in request.get_profiling_info():
-            by_type[f"{info.node_type}:{info.exec_type}"] += info.real_time.total_seconds() * 1e3
-        result["profile_ms_by_type"] = dict(sorted(by_type.items(), key=lambda kv: -kv[1]))
+        n = max(a.iterations, 1)
+        result["profile_ms_by_type"] = {k: v / n for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])}
+        result["profile_ms_by_kernel"] = {k: v / n for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])}
     print(json.dumps(result))
 
 

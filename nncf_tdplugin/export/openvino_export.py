@@ -1,8 +1,12 @@
-"""Strip, convert and save to OpenVINO IR; compile with pinned precision; count INT8 weights in an IR.
+"""Strip, convert and save to OpenVINO IR; compile at a pinned precision; check which weights are stored as INT8.
 
 Precision matters on this hardware: on a CPU with AMX (or AVX512-BF16) OpenVINO silently runs an "f32" model in
 bf16 unless ``INFERENCE_PRECISION_HINT`` is set, which moves outputs by 2-3%. Every compile here says which
 precision it asks for.
+
+(This module is named like the ``openvino`` package it imports; that is safe under absolute imports, but nothing
+may be run as a script from this directory without dropping the directory from ``sys.path``: see
+``_latency_worker.py``.)
 """
 
 import pathlib
@@ -14,37 +18,52 @@ import torch
 
 PRECISIONS = ("f32", "bf16", "default")
 
+PathLike = Union[str, pathlib.Path]
 
-def _strip(model_or_ctrl) -> torch.nn.Module:
-    if hasattr(model_or_ctrl, "strip") and not isinstance(model_or_ctrl, torch.nn.Module):
-        return model_or_ctrl.strip(do_copy=True)  # an NNCF compression controller
+
+def _deployable(model_or_ctrl) -> torch.nn.Module:
+    """The plain torch model to convert: a controller is stripped (into a copy), a module is used as is."""
     if isinstance(model_or_ctrl, torch.nn.Module):
         return model_or_ctrl
-    raise TypeError(f"expected a torch.nn.Module or an NNCF compression controller, got {type(model_or_ctrl).__name__}")
+    if callable(getattr(model_or_ctrl, "strip", None)):  # an NNCF compression controller
+        return model_or_ctrl.strip(do_copy=True)
+    raise TypeError(
+        f"expected a torch.nn.Module or an NNCF compression controller (an object with .strip()), "
+        f"got {type(model_or_ctrl).__name__}"
+    )
 
 
-def export_openvino(model_or_ctrl, example_input: torch.Tensor, path: Union[str, pathlib.Path],
+def export_openvino(model_or_ctrl, example_input: torch.Tensor, path: PathLike,
                     compress_to_fp16: bool = False) -> pathlib.Path:
     """Strip (if given a controller), convert with ``ov.convert_model`` and save an IR; returns the .xml path.
 
-    NNCF's weight FakeQuantize ops are folded into INT8 constants by the conversion; activation FakeQuantize ops
-    stay and run as INT8 kernels. Weights are saved in f32 unless ``compress_to_fp16``.
+    NNCF's weight FakeQuantize ops are folded by the conversion into INT8 constants (Constant -> Convert ->
+    Multiply); activation FakeQuantize ops stay and make OpenVINO pick INT8 kernels. Weights are saved in f32
+    unless ``compress_to_fp16`` (``ov.save_model`` would otherwise halve them silently, which changes outputs
+    and IR size of f32 models). The model is traced in eval mode; a module passed in gets its mode back.
     """
     path = pathlib.Path(path)
     if path.suffix != ".xml":
-        raise ValueError(f"OpenVINO IR path must end with .xml, got {str(path)!r}")
-    model = _strip(model_or_ctrl).eval()
+        raise ValueError(f"OpenVINO IR path must end with .xml (the .bin is written beside it), got {str(path)!r}")
+    model = _deployable(model_or_ctrl)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ov_model = ov.convert_model(model, example_input=example_input)
+    finally:
+        model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        ov_model = ov.convert_model(model, example_input=example_input)
     ov.save_model(ov_model, str(path), compress_to_fp16=compress_to_fp16)
     return path
 
 
 def cpu_config(precision: str = "f32", threads: Optional[int] = None) -> dict:
-    """OpenVINO CPU properties for a latency-oriented run at a pinned precision."""
+    """OpenVINO CPU properties for a latency-oriented run at a pinned precision ("default": the CPU's choice)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     config = {"PERFORMANCE_HINT": "LATENCY"}
     if precision != "default":
         config["INFERENCE_PRECISION_HINT"] = precision
@@ -53,16 +72,33 @@ def cpu_config(precision: str = "f32", threads: Optional[int] = None) -> dict:
     return config
 
 
+def _read(model_or_path, core: ov.Core) -> ov.Model:
+    if isinstance(model_or_path, ov.Model):
+        return model_or_path
+    if isinstance(model_or_path, (str, pathlib.Path)):
+        if not pathlib.Path(model_or_path).is_file():
+            raise FileNotFoundError(f"no OpenVINO IR at {str(model_or_path)!r}")
+        return core.read_model(str(model_or_path))
+    raise TypeError(f"expected an IR path or an openvino.Model, got {type(model_or_path).__name__}")
+
+
 def compile_openvino(model_or_path, precision: str = "f32", threads: Optional[int] = None) -> ov.CompiledModel:
-    """Compile an IR path or ``ov.Model`` on the CPU with ``precision`` in {"f32", "bf16", "default"}."""
+    """Compile an IR path or ``ov.Model`` on the CPU, latency hint, ``precision`` in {"f32", "bf16", "default"}.
+
+    The precision is checked before the IR is read, so a typo fails fast. The runtime precision actually used
+    can be read back with ``compiled.get_property("INFERENCE_PRECISION_HINT")``.
+    """
     config = cpu_config(precision, threads)
     core = ov.Core()
-    model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, pathlib.Path)) else model_or_path
-    return core.compile_model(model, "CPU", config)
+    return core.compile_model(_read(model_or_path, core), "CPU", config)
 
 
 def run_openvino(compiled: ov.CompiledModel, inputs: Union[torch.Tensor, np.ndarray], batch: int = 1) -> np.ndarray:
-    """Outputs of the first model output for ``inputs`` [N, ...], run ``batch`` samples at a time."""
+    """First output of a single-input model for ``inputs`` [N, ...], run ``batch`` samples per request.
+
+    Batch 1 by default: that is the shape latency is measured at, and an IR converted from a batch-1 example may
+    not accept other batch sizes.
+    """
     x = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
     request = compiled.create_infer_request()
     outs = []
@@ -72,41 +108,50 @@ def run_openvino(compiled: ov.CompiledModel, inputs: Union[torch.Tensor, np.ndar
     return np.concatenate(outs)
 
 
-_WEIGHT_OPS = {"Convolution", "GroupConvolution", "MatMul"}
-_PASS_THROUGH = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "FakeQuantize"}
+_WEIGHT_OPS = {"Convolution": (1,), "GroupConvolution": (1,), "MatMul": (1, 0)}  # ports where a weight may be
+# Ops that dequantise or re-lay-out a constant weight. Walking stops at anything else: that is an activation.
+_WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze", "Squeeze",
+                    "FakeQuantize"}
+_INT8 = (ov.Type.i8, ov.Type.u8)
 
 
-def _weight_constants(node) -> list:
-    """The Constants that feed the weight input (port 1), found through dequantisation/reshaping ops."""
-    frontier, seen, constants = [node.input_value(1).get_node()], set(), []
+def _weight_constants(source) -> Optional[list]:
+    """The Constants that a weight input is computed from, or None if it depends on an activation.
+
+    A decompression chain such as Constant(i8) -> Convert -> [Subtract zero point] -> Multiply(scale) ->
+    [Reshape] yields the i8 constant and the scale/zero-point constants.
+    """
+    frontier, seen, constants = [source], set(), []
     while frontier:
-        n = frontier.pop()
-        if id(n) in seen:
+        node = frontier.pop()
+        if id(node) in seen:
             continue
-        seen.add(id(n))
-        kind = n.get_type_name()
+        seen.add(id(node))
+        kind = node.get_type_name()
         if kind == "Constant":
-            constants.append(n)
-        elif kind in _PASS_THROUGH:
-            frontier.extend(v.get_node() for v in n.input_values())
+            constants.append(node)
+        elif kind in _WEIGHT_PATH_OPS:
+            frontier.extend(v.get_node() for v in node.input_values())
+        else:
+            return None
     return constants
 
 
 def count_int8_weights(model_or_path) -> dict:
-    """For every Convolution/GroupConvolution/MatMul with a constant weight, whether the weight is stored as INT8.
+    """For every Convolution/GroupConvolution/MatMul with a constant weight, whether that weight is stored INT8.
 
     Returns ``{"ops": N, "int8_weight_ops": M, "per_op": [(friendly_name, type, is_int8), ...]}``. MatMuls between
-    two activations (no constant on the weight path) are not counted.
+    two activations (attention) are not counted. Names are OpenVINO's friendly names, which BN folding may rename
+    (a folded conv can be called ``Multiply_123``): match ops by count, not by name.
     """
-    model = ov.Core().read_model(str(model_or_path)) if isinstance(model_or_path, (str, pathlib.Path)) else model_or_path
+    model = _read(model_or_path, ov.Core())
     per_op = []
     for node in model.get_ordered_ops():
         kind = node.get_type_name()
-        if kind not in _WEIGHT_OPS:
-            continue
-        constants = _weight_constants(node)
-        if not constants:
-            continue
-        is_int8 = any(c.get_element_type() in (ov.Type.i8, ov.Type.u8) for c in constants)
-        per_op.append((node.get_friendly_name(), kind, is_int8))
-    return {"ops": len(per_op), "int8_weight_ops": sum(x[2] for x in per_op), "per_op": per_op}
+        for port in _WEIGHT_OPS.get(kind, ()):
+            constants = _weight_constants(node.input_value(port).get_node())
+            if constants:
+                is_int8 = any(c.get_element_type() in _INT8 for c in constants)
+                per_op.append((node.get_friendly_name(), kind, is_int8))
+                break
+    return {"ops": len(per_op), "int8_weight_ops": sum(op[2] for op in per_op), "per_op": per_op}
