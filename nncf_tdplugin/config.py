@@ -85,10 +85,12 @@ TD_SCHEMA: dict[str, Any] = {
             "layers, which is always reachable.",
             "properties": {
                 "metric": {
-                    "enum": ["params", "flops"],
+                    "enum": ["params", "flops", "latency"],
                     "default": "params",
                     "description": "'params': all model parameters; 'flops': multiply-accumulates of all Conv2d "
-                    "and Linear layers for one input of 'input_info'.",
+                    "and Linear layers for one input of 'input_info'; 'latency': OpenVINO CPU latency of the "
+                    "Conv2d/Linear layers, measured per layer on this CPU (settings in 'latency'; "
+                    "see docs/latency.md).",
                 },
                 "target_ratio": {
                     "type": "number",
@@ -102,6 +104,44 @@ TD_SCHEMA: dict[str, Any] = {
                     "description": "'model': the ratio is for the whole model (layers left dense included); "
                     "'decomposable': for the layers that may be decomposed only.",
                 },
+            },
+        },
+        "latency": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Settings of the measured latency cost model (budget.metric 'latency'). Every layer's "
+            "dense form and its factorizations on a grid of ranks are timed with OpenVINO on this CPU in separate "
+            "processes, cached on disk (keyed by layer shape, method, ranks, INT8, precision, threads, CPU and "
+            "OpenVINO version) and interpolated between grid ranks; the chosen ranks are then measured exactly.",
+            "properties": {
+                "precision": {"enum": ["default", "f32", "bf16"], "default": "default",
+                              "description": "Inference precision to measure at: 'default' is the CPU's own choice "
+                              "(bf16 on CPUs with AMX or AVX512-BF16), as deployed without a hint."},
+                "threads": {**_POSITIVE_INT, "description": "INFERENCE_NUM_THREADS to measure with; default: "
+                            "OpenVINO's choice (all cores)."},
+                "int8": {"enum": ["auto", True, False], "default": "auto",
+                         "description": "Measure INT8 layers (FakeQuantize on activations, INT8 weights). 'auto': "
+                         "yes when 'quantization' follows this algorithm in the config."},
+                "rank_multiple": {"oneOf": [{"const": "auto", "description": "'auto'"},
+                                            {**_POSITIVE_INT, "description": "a positive integer"}],
+                                  "default": "auto",
+                                  "description": "Ranks are multiples of this. 'auto': probe which channel multiple "
+                                  "runs most efficiently on this CPU (measured, cached). Combined with "
+                                  "constraints.rank_multiple by their least common multiple."},
+                "grid_points": {"type": "integer", "minimum": 2, "default": 5,
+                                "description": "Measured ranks per mode and method for each layer (Tucker-2: "
+                                "grid_points^2 pairs); ranks in between are interpolated."},
+                "cache_dir": {"type": "string", "description": "Cache folder; default "
+                              "$NNCF_TDPLUGIN_CACHE/latency or ~/.cache/nncf_tdplugin/latency."},
+                "warmup": {"type": "integer", "minimum": 0, "default": 10,
+                           "description": "Untimed inferences per layer before timing."},
+                "iterations": {**_POSITIVE_INT, "default": 20, "description": "Timed inferences per layer and "
+                               "repeat."},
+                "repeats": {**_POSITIVE_INT, "default": 3, "description": "Round-robin passes over the layers of "
+                            "one measurement batch (the median over all is kept)."},
+                "verify_rounds": {"type": "integer", "minimum": 0, "default": 3,
+                                  "description": "Rounds of: select ranks, measure the chosen factorizations "
+                                  "exactly, select again with the measurements, until nothing new is measured."},
             },
         },
         "rank_fraction": {
@@ -254,6 +294,7 @@ class TDConfig:
     cp_iterations: int = 200
     seed: int = 0
     bn_aware: bool = False
+    latency: dict = field(default_factory=dict)  # the 'latency' block with defaults (budget.metric 'latency')
     raw: dict = field(default_factory=dict)
 
     @classmethod
@@ -292,6 +333,11 @@ class TDConfig:
                 f"{_path(['budget'])}: a fixed 'energy_threshold' sets the ranks, so there is no budget to meet; "
                 f"remove one of them"
             )
+        if "latency" in section and budget["metric"] != "latency":
+            raise TDConfigError(
+                f"{_path(['latency'])}: only used with budget.metric 'latency', but the metric is "
+                f"{budget['metric']!r}"
+            )
         if section.get("method") == "auto" and selection != "search":
             raise TDConfigError(
                 f"{_path(['method'])}: 'auto' needs rank_selection 'search' (it compares methods by reconstruction "
@@ -328,5 +374,6 @@ class TDConfig:
             cp_iterations=numerics["cp_iterations"],
             seed=numerics["seed"],
             bn_aware=numerics["bn_aware"],
+            latency={**defaults(TD_SCHEMA["properties"]["latency"]), **section.get("latency", {})},
             raw=dict(section),
         )

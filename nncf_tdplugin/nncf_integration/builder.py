@@ -37,6 +37,12 @@ from nncf_tdplugin.layers import (
 )
 from nncf_tdplugin.nncf_integration._internals import refresh_after_restructuring
 from nncf_tdplugin.nncf_integration.graph_layers import GraphLayer, find_weighted_layers
+from nncf_tdplugin.nncf_integration.latency_budget import (
+    attach_latency_costs,
+    latency_summary,
+    layer_latency,
+    select_with_measurements,
+)
 from nncf_tdplugin.rank_selection import (
     RANK_SELECTORS,
     Budget,
@@ -132,13 +138,23 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         cand_names = {c.name for c in candidates}
         model_params = sum(p.numel() for p in model.parameters())
         model_macs = sum(layer.macs for layer in layers)
-        cand_cost = sum(c.dense_cost(metric) for c in candidates)
+        constraints = RankConstraints(cfg.min_rank, cfg.max_rank_fraction, cfg.rank_multiple)
+        latency_model = None
+        if metric == "latency" and candidates:
+            by_name = {layer.module_name: layer for layer in layers}
+            latency_model, constraints, fixed_cost = attach_latency_costs(
+                cfg, self.config, layers, candidates, constraints, by_name)
+        elif metric == "latency":
+            fixed_cost = 0.0
+        else:
+            cand_cost = sum(c.dense_cost(metric) for c in candidates)
+            fixed_cost = (float(model_params if metric == "params" else model_macs) - cand_cost
+                          if cfg.budget_scope == "model" else 0.0)
         problem = SelectionProblem(
             candidates=candidates,
             budget=Budget(metric, cfg.target_ratio),
-            constraints=RankConstraints(cfg.min_rank, cfg.max_rank_fraction, cfg.rank_multiple),
-            fixed_cost=(float(model_params if metric == "params" else model_macs) - cand_cost
-                        if cfg.budget_scope == "model" else 0.0),
+            constraints=constraints,
+            fixed_cost=fixed_cost,
             seed=cfg.seed,
             options={"rank_fraction": cfg.rank_fraction, "energy_threshold": cfg.energy_threshold,
                      "search": cfg.search},
@@ -149,7 +165,10 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         else:
             selector = RANK_SELECTORS[cfg.rank_selection]()
             try:
-                choices = selector.select(problem)
+                if latency_model is not None:
+                    choices = select_with_measurements(selector, problem, latency_model)
+                else:
+                    choices = selector.select(problem)
             except ValueError as e:  # BudgetUnreachableError and friends
                 raise TDConfigError(f"{ALGO_NAME}.budget: {e}") from e
         plan_layers = {}
@@ -168,6 +187,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
                 "dense_macs": int(g.out_pixels * g.out_channels * g.in_channels * g.kh * g.kw),
                 "macs": factorized_macs(g, choice.method, choice.ranks),
                 "full_ranks": list(max_ranks(c.weight.shape, choice.method)),
+                **layer_latency(latency_model, c.name, choice),
             }
         assert cand_names >= set(plan_layers)
         return {
@@ -176,6 +196,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             "budget_scope": cfg.budget_scope,
             "achieved_ratio": problem.ratio(choices) if candidates else 1.0,
             "model_params": model_params, "model_macs": model_macs,
+            **({"latency": latency_summary(latency_model, problem, choices)} if latency_model is not None else {}),
         }
 
     # --- restructuring ---------------------------------------------------------------------------------------

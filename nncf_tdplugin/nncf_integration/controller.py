@@ -11,7 +11,7 @@ from nncf.torch.nncf_network import NNCFNetwork
 from torch import nn
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig
-from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics
+from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics, latency_rows
 
 
 class TensorDecompositionLoss(PTCompressionLoss):
@@ -88,6 +88,7 @@ class TensorDecompositionController(PTCompressionAlgorithmController):
             stage=self.compression_stage().name,
             budget_scope=plan.get("budget_scope", "model"),
             achieved_ratio=plan.get("achieved_ratio"),
+            extra=latency_rows(plan.get("latency")),
         )
 
     def statistics(self, quickly_collected_only: bool = False) -> NNCFStatistics:

@@ -21,6 +21,8 @@ class GraphLayer:
     macs: int  # dense MACs of this call (grouped convs included)
     calls: int  # how many graph nodes call this module (shared modules are not decomposed)
     output_scale: Optional[torch.Tensor] = None  # |gamma| / sigma of a BatchNorm that alone consumes the output
+    in_shape: tuple = ()  # input tensor shape of this call (batch first)
+    out_shape: tuple = ()
 
 
 def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
@@ -51,7 +53,7 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
         else:  # grouped conv: every output pixel costs weight.numel() MACs
             macs = int(torch.tensor(out_shape[2:]).prod()) * module.weight.numel()
         layers.append(GraphLayer(names[id(module)], node.node_name, module, geometry, macs, calls[id(module)],
-                                 _following_batchnorm_scale(model, graph, node)))
+                                 _following_batchnorm_scale(model, graph, node), in_shape, out_shape))
     return layers
 
 

@@ -11,6 +11,22 @@ def _fmt_int(n: float) -> str:
     return f"{n / 1e6:.3f}M" if abs(n) >= 1e5 else f"{int(n)}"
 
 
+def latency_rows(latency: Optional[dict]) -> dict[str, Any]:
+    """Summary rows for a latency budget (the plan's ``latency`` record), empty without one."""
+    if not latency:
+        return {}
+    precision = latency["precision"] + (f" (runs {latency['runtime_precision']})"
+                                         if latency.get("runtime_precision") not in (None, latency["precision"])
+                                         else "")
+    return {
+        "Latency measured at": f"{precision}{', INT8 layers' if latency['int8'] else ''}, "
+                               f"{latency.get('runtime_threads') or latency.get('threads')} threads",
+        "Conv/Linear latency": f"{latency['dense_ms']:.3f} ms -> {latency['ms']:.3f} ms "
+                               f"({latency['achieved_ratio']:.3f}x{'' if latency['budget_met'] else ', NOT MET'})",
+        "Rank multiple": latency["rank_multiple"],
+    }
+
+
 @dataclass
 class TensorDecompositionStatistics(Statistics):
     """Per-layer decisions and the model-level budget reached.
@@ -55,6 +71,7 @@ class TensorDecompositionStatistics(Statistics):
         summary += [[k, v] for k, v in self.extra.items()]
         out = [f"Statistics of the tensor decomposition algorithm:\n{create_table(['Statistic', 'Value'], summary)}"]
         rows = []
+        with_latency = any("latency_ms" in e for e in self.layers.values())
         for name, e in self.layers.items():
             err = e.get("relative_error")
             rows.append([
@@ -62,9 +79,10 @@ class TensorDecompositionStatistics(Statistics):
                 f"{_fmt_int(e['dense_params'])} -> {_fmt_int(e['params'])}",
                 f"{_fmt_int(e['dense_macs'])} -> {_fmt_int(e['macs'])}",
                 "-" if err is None else f"{err:.4f}",
-            ])
+            ] + ([f"{e['dense_latency_ms']:.4f} -> {e['latency_ms']:.4f}"] if with_latency else []))
         if rows:
             header = ["Layer", "Method", "Ranks", "Full ranks", "Params", "MACs", "Rel. error"]
+            header += ["Latency (ms)"] if with_latency else []
             out.append(f"Decomposed layers:\n{create_table(header, rows)}")
         if self.skipped:
             out.append("Layers left dense:\n" + create_table(["Layer", "Reason"], [[k, v] for k, v in self.skipped.items()]))

@@ -60,7 +60,7 @@ class RankConstraints:
 class Budget:
     """A global target: the model's cost in ``metric`` divided by ``target_ratio``."""
 
-    metric: str  # "params" | "flops" (| "latency", via a cost model)
+    metric: str  # "params" | "flops" | "latency" (measured, via LayerCandidate.extra_costs)
     target_ratio: float
 
 
@@ -73,11 +73,17 @@ class LayerCandidate:
     geometry: LayerGeometry
     methods: tuple[str, ...]  # methods allowed for this layer, in order of preference
     fixed: Optional[RankChoice] = None  # a user override: selectors must keep it
+    # costs that are not analytic, by metric: e.g. {"latency": f(choice) -> ms} from a measured cost model
+    extra_costs: dict = field(default_factory=dict)
 
     def cost(self, metric: str, choice: RankChoice) -> float:
+        if metric in self.extra_costs:
+            return float(self.extra_costs[metric](choice))
         return layer_cost(self.geometry, metric, choice.method, choice.ranks)
 
     def dense_cost(self, metric: str) -> float:
+        if metric in self.extra_costs:
+            return float(self.extra_costs[metric](DENSE))
         return float(dense_params(self.geometry) if metric == "params" else dense_macs(self.geometry))
 
 

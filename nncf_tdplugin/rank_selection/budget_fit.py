@@ -17,7 +17,7 @@ def fit_to_budget(problem: SelectionProblem, rule: Rule, knob: str, iterations: 
         raise BudgetUnreachableError(
             f"budget {problem.budget.metric} target_ratio={problem.budget.target_ratio:g} is unreachable: at the "
             f"smallest {knob} every decomposable layer is at its minimum rank and the model is only {best:.3f}x "
-            f"smaller. Lower the target ratio, lower 'min_rank', or allow more layers (skip_first_layer, "
+            f"{'faster' if problem.budget.metric == 'latency' else 'smaller'}. Lower the target ratio, lower 'min_rank', or allow more layers (skip_first_layer, "
             f"skip_last_layer, ignored_scopes).",
             best,
         )

@@ -43,6 +43,10 @@ SEARCH_DEFAULTS = {
 }
 
 
+def _better(metric: str) -> str:
+    return "faster (in the measured per-layer latency)" if metric == "latency" else "smaller"
+
+
 def layer_weights(menus: list[Menu], how: str) -> np.ndarray:
     """w_l. 'uniform': every layer's relative error counts the same. 'cost': weighted by the layer's share of the
     dense cost (big layers matter more)."""
@@ -138,8 +142,8 @@ class ContinuousRankSearch(RankSelector):
             best = problem.total_dense_cost / cheapest
             raise BudgetUnreachableError(
                 f"budget {metric} target_ratio={problem.budget.target_ratio:g} is unreachable: with every layer at its "
-                f"cheapest allowed option the model is only {best:.3f}x smaller. Lower the target ratio, relax the "
-                f"constraints (min_rank, rank_multiple), or allow more layers.", best)
+                f"cheapest allowed option the model is only {best:.3f}x {_better(metric)}. Lower the target ratio, "
+                f"relax the constraints (min_rank, rank_multiple), or allow more layers.", best)
         idx, history = self.relax(menus, weights, problem.fixed_cost, target, problem.total_dense_cost, opts,
                                   problem.seed)
         idx = repair(menus, idx, weights, problem.fixed_cost, target)

@@ -1,0 +1,174 @@
+"""Times single layers (dense, or the factor layers of one decomposition) with OpenVINO. Run as a script by
+:mod:`nncf_tdplugin.latency_model.measure`: it imports only OpenVINO and numpy (never torch, never this package),
+for the reasons given in ``nncf_tdplugin/export/_latency_worker.py``.
+
+Input: a JSON file ``{"context": {...}, "specs": [{...}, ...]}`` (see :class:`LayerSpec` in ``specs.py``).
+Output (stdout, last line): ``{"results": {key: ms}, "overhead_ms": ..., "runtime_precision": ..., "threads": ...}``.
+
+Each spec becomes a small ``ov.Model`` built with the opset, exactly the layer sequence that the factor layers of
+``nncf_tdplugin.layers`` export to: 1x1 / k x k / depthwise Convolutions, MatMuls for Linear layers, bias on the
+last factor only. In INT8 mode every convolution/matmul gets what an NNCF-quantized model exports: a FakeQuantize
+(256 levels) on its input activation and INT8 weights (Constant i8 -> Convert -> per-channel Multiply), so the CPU
+plugin runs INT8 kernels as it does for the real model.
+
+Timing: all models are compiled first, then timed round-robin (A, B, C, A, B, C, ...) ``repeats`` times, so drift
+and load from other processes hit all of them alike; a layer's time is the median of all its timed iterations minus
+the fixed cost of one inference call (measured on a trivial model), floored at 1 microsecond.
+"""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import openvino as ov  # noqa: E402
+import openvino.opset13 as ops  # noqa: E402
+
+_RNG = np.random.default_rng(0)
+
+
+def _quantize_activation(x, int8):
+    if not int8:
+        return x
+    lo, hi = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
+    return ops.fake_quantize(x, lo, hi, lo, hi, 256)
+
+
+def _weight(shape, int8):
+    """f32 constant, or INT8 constant -> Convert -> per-output-channel Multiply (NNCF's exported pattern)."""
+    if not int8:
+        return ops.constant((_RNG.standard_normal(shape) * 0.05).astype(np.float32))
+    q = ops.constant(_RNG.integers(-127, 128, size=shape).astype(np.int8))
+    scale_shape = [shape[0]] + [1] * (len(shape) - 1)
+    scale = ops.constant((np.abs(_RNG.standard_normal(scale_shape)) * 1e-3 + 1e-4).astype(np.float32))
+    return ops.multiply(ops.convert(q, ov.Type.f32), scale)
+
+
+def _conv(x, cin, cout, kernel, stride=(1, 1), pads_begin=(0, 0), pads_end=(0, 0), dilation=(1, 1), groups=1,
+          bias=False, int8=False):
+    x = _quantize_activation(x, int8)
+    kh, kw = kernel
+    if groups == 1:
+        y = ops.convolution(x, _weight([cout, cin, kh, kw], int8), list(stride), list(pads_begin), list(pads_end),
+                            list(dilation))
+    else:
+        w = _weight([cout, cin // groups, kh, kw], int8)
+        w = ops.reshape(w, ops.constant(np.array([groups, cout // groups, cin // groups, kh, kw], np.int64)), False)
+        y = ops.group_convolution(x, w, list(stride), list(pads_begin), list(pads_end), list(dilation))
+    if bias:
+        y = ops.add(y, ops.constant((_RNG.standard_normal([1, cout, 1, 1]) * 0.05).astype(np.float32)))
+    return y
+
+
+def _linear(x, cin, cout, bias=False, int8=False):
+    x = _quantize_activation(x, int8)
+    y = ops.matmul(x, _weight([cout, cin], int8), False, True)
+    if bias:
+        y = ops.add(y, ops.constant((_RNG.standard_normal([cout]) * 0.05).astype(np.float32)))
+    return y
+
+
+def build_model(spec: dict) -> tuple:
+    """The ``ov.Model`` of one spec and its input shape."""
+    s, t, int8, bias = spec["in_channels"], spec["out_channels"], spec["int8"], spec["bias"]
+    method, ranks = spec["method"], spec["ranks"]
+    if spec["kind"] == "linear":
+        shape = [1, spec["positions"], s] if spec["positions"] > 1 else [1, s]
+        x = ops.parameter(shape, ov.Type.f32)
+        if method == "dense":
+            y = _linear(x, s, t, bias, int8)
+        elif method == "svd":
+            y = _linear(_linear(x, s, ranks[0], False, int8), ranks[0], t, bias, int8)
+        else:
+            raise ValueError(f"method {method!r} is not defined for Linear layers")
+        return ov.Model([y], [x]), shape
+    h, w = spec["in_hw"]
+    shape = [1, s, h, w]
+    x = ops.parameter(shape, ov.Type.f32)
+    k, st, pb, pe, d, g = (spec["kernel"], spec["stride"], spec["pads_begin"], spec["pads_end"], spec["dilation"],
+                           spec["groups"])
+    if method == "dense":
+        y = _conv(x, s, t, k, st, pb, pe, d, g, bias, int8)
+    elif method == "tucker2":
+        r_out, r_in = ranks
+        y = _conv(x, s, r_in, (1, 1), int8=int8)
+        y = _conv(y, r_in, r_out, k, st, pb, pe, d, 1, False, int8)
+        y = _conv(y, r_out, t, (1, 1), bias=bias, int8=int8)
+    elif method == "svd":
+        (r,) = ranks
+        y = _conv(x, s, r, k, st, pb, pe, d, 1, False, int8)
+        y = _conv(y, r, t, (1, 1), bias=bias, int8=int8)
+    elif method == "cp":
+        (r,) = ranks
+        y = _conv(x, s, r, (1, 1), int8=int8)
+        y = _conv(y, r, r, (k[0], 1), (st[0], 1), (pb[0], 0), (pe[0], 0), (d[0], 1), r, False, int8)
+        y = _conv(y, r, r, (1, k[1]), (1, st[1]), (0, pb[1]), (0, pe[1]), (1, d[1]), r, False, int8)
+        y = _conv(y, r, t, (1, 1), bias=bias, int8=int8)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return ov.Model([y], [x]), shape
+
+
+def _config(context: dict) -> dict:
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if context["precision"] != "default":
+        config["INFERENCE_PRECISION_HINT"] = context["precision"]
+    if context.get("threads"):
+        config["INFERENCE_NUM_THREADS"] = int(context["threads"])
+    return config
+
+
+def _time(request, x, n) -> list:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        request.infer({0: x})
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        job = json.load(f)
+    context, specs = job["context"], job["specs"]
+    core = ov.Core()
+    config = _config(context)
+    warmup, iterations, repeats = int(context["warmup"]), int(context["iterations"]), int(context["repeats"])
+
+    # the fixed cost of one synchronous inference call, measured on a trivial model
+    x0 = ops.parameter([1, 8], ov.Type.f32)
+    trivial = core.compile_model(ov.Model([ops.relu(x0)], [x0]), "CPU", config)
+    req0, in0 = trivial.create_infer_request(), np.ones([1, 8], np.float32)
+    _time(req0, in0, warmup)
+    overhead = float(np.median(_time(req0, in0, max(iterations, 50))))
+
+    entries = []
+    for spec in specs:
+        model, shape = build_model(spec)
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+        x = _RNG.standard_normal(shape).astype(np.float32)
+        _time(request, x, warmup)
+        entries.append((spec["key"], request, x, []))
+    for _ in range(repeats):
+        for _, request, x, times in entries:
+            times.extend(_time(request, x, iterations))
+    results = {key: max(float(np.median(times)) - overhead, 1e-3) for key, _, _, times in entries}
+    spreads = {key: float(np.subtract(*np.percentile(times, [90, 10]))) for key, _, _, times in entries}
+    print(json.dumps({
+        "results": results,
+        "spreads": spreads,
+        "overhead_ms": overhead,
+        "runtime_precision": trivial.get_property("INFERENCE_PRECISION_HINT").to_string(),
+        "threads": int(trivial.get_property("INFERENCE_NUM_THREADS")),
+        "torch_loaded": "torch" in sys.modules,
+    }))
+
+
+if __name__ == "__main__":
+    main()

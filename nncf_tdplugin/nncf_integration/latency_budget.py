@@ -1,0 +1,148 @@
+"""``budget.metric: "latency"``: wire the measured cost model (:mod:`nncf_tdplugin.latency_model`) into a
+selection problem, and the measure-select loop that makes the final decisions rest on measurements.
+
+1. Settings come from the config's ``latency`` block; INT8 is measured when ``quantization`` follows this algorithm
+   in the config (``int8: "auto"``).
+2. The rank multiple is probed on this CPU (``rank_multiple: "auto"``) and combined with the user's constraint.
+3. Every candidate's dense layer and its factorizations on a grid of ranks are measured (or read from the cache);
+   each candidate gets ``extra_costs["latency"]``, so every selector (search, uniform, energy, VBMF) works with it.
+4. With ``budget.scope: "model"``, the other Conv2d/Linear calls (first/last layers, depthwise convs, excluded
+   layers) are measured dense and form the fixed cost.
+5. :func:`select_with_measurements`: select, measure the chosen factorizations exactly, select again (the measured
+   values now replace the interpolation), until nothing new is measured. If the measured plan is still over the
+   budget, select once more among measured options only (grid points and earlier choices), which meets it whenever
+   the measured options can. Finally any factorization measured no faster than its dense layer is reverted to
+   dense (that never adds latency).
+"""
+
+import math
+from typing import Optional
+
+from nncf.common.logging import nncf_logger
+
+from nncf_tdplugin.config import ALGO_NAME, TDConfig
+from nncf_tdplugin.decomposition.ranks import max_ranks
+from nncf_tdplugin.latency_model import LatencyCostModel, LatencySettings, LayerSpec
+from nncf_tdplugin.rank_selection import RankChoice, RankConstraints, RankSelector, SelectionProblem
+from nncf_tdplugin.rank_selection.options import rank_grid
+
+
+def quantization_follows(nncf_config) -> bool:
+    section = nncf_config.get("compression", [])
+    algos = [s.get("algorithm") for s in (section if isinstance(section, list) else [section])]
+    return ALGO_NAME in algos and "quantization" in algos[algos.index(ALGO_NAME) + 1:]
+
+
+def settings_from(cfg: TDConfig, nncf_config) -> LatencySettings:
+    lat = cfg.latency
+    int8 = lat.get("int8", "auto")
+    return LatencySettings(
+        precision=lat["precision"], threads=lat.get("threads"),
+        int8=quantization_follows(nncf_config) if int8 == "auto" else bool(int8),
+        rank_multiple=None if lat["rank_multiple"] == "auto" else int(lat["rank_multiple"]),
+        grid_points=lat["grid_points"], cache_dir=lat.get("cache_dir"), warmup=lat["warmup"],
+        iterations=lat["iterations"], repeats=lat["repeats"], verify_rounds=lat["verify_rounds"],
+    )
+
+
+def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constraints: RankConstraints,
+                         candidate_layers: dict) -> tuple[LatencyCostModel, RankConstraints, float]:
+    """Measure what the selection needs; returns (cost model, constraints with the rank multiple, fixed cost).
+
+    ``layers``: every GraphLayer of the model; ``candidate_layers``: name -> GraphLayer of each candidate."""
+    settings = settings_from(cfg, nncf_config)
+    model = LatencyCostModel(settings)
+    multiple = settings.rank_multiple if settings.rank_multiple else model.probe_rank_multiple()
+    constraints = RankConstraints(constraints.min_rank, constraints.max_rank_fraction,
+                                  math.lcm(int(constraints.rank_multiple), int(multiple)))
+    for c in candidates:
+        layer = candidate_layers[c.name]
+        spec = LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, int8=settings.int8)
+        methods = {}
+        for method in c.methods if c.fixed is None else ():
+            limits = max_ranks(tuple(c.weight.shape), method)
+            methods[method] = [rank_grid(full, constraints) for full in limits]
+        model.add_layer(c.name, spec, methods)
+    cand_names = {c.name for c in candidates}
+    others = []
+    if cfg.budget_scope == "model":
+        for layer in layers:
+            if layer.module_name not in cand_names:
+                name = f"{layer.module_name}@{layer.node_name}"
+                model.add_layer(name, LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, settings.int8))
+                others.append(name)
+    model.prepare()
+    fixed = [c for c in candidates if c.fixed is not None and not c.fixed.is_dense]
+    if fixed:  # user overrides are measured exactly
+        model.measure_choices({c.name: (c.fixed.method, c.fixed.ranks) for c in fixed})
+    for c in candidates:
+        c.extra_costs["latency"] = (lambda choice, name=c.name: model.cost(name, choice.method, choice.ranks))
+    fixed_cost = sum(model.dense(n) for n in others)
+    model.rank_multiple = constraints.rank_multiple
+    model.fixed_layers = others
+    return model, constraints, fixed_cost
+
+
+def select_with_measurements(selector: RankSelector, problem: SelectionProblem, model: LatencyCostModel
+                             ) -> dict[str, RankChoice]:
+    """Select; measure what was chosen; select again until nothing new is measured (at most ``verify_rounds``
+    extra rounds); revert factorizations measured no faster than dense."""
+    def measure(chosen) -> int:
+        return model.measure_choices({n: (c.method, c.ranks) for n, c in chosen.items() if not c.is_dense})
+
+    choices = selector.select(problem)
+    for _ in range(model.settings.verify_rounds):
+        if measure(choices) == 0:
+            break
+        choices = selector.select(problem)
+    measure(choices)
+    if problem.total_cost(choices) > problem.target_cost:
+        # the interpolation was optimistic: select again among measured options only (the grids, and every
+        # choice measured so far), which meets the budget on measurements whenever that is possible
+        model.measured_only = True
+        try:
+            exact = selector.select(problem)
+            if problem.total_cost(exact) <= problem.target_cost:
+                choices = exact
+        except ValueError:
+            pass
+        finally:
+            model.measured_only = False
+    out = {}
+    for cand in problem.candidates:
+        choice = choices.get(cand.name)
+        if choice is not None and not choice.is_dense and cand.fixed is None:
+            ms, dense_ms = model.cost(cand.name, choice.method, choice.ranks), model.dense(cand.name)
+            if ms >= dense_ms:
+                choice = RankChoice("dense", reason=f"{choice.method} {list(choice.ranks)} measured {ms:.4f} ms, "
+                                                    f"not faster than dense {dense_ms:.4f} ms")
+        out[cand.name] = choice
+    return out
+
+
+def latency_summary(model: LatencyCostModel, problem: SelectionProblem, choices: dict[str, RankChoice]
+                    ) -> dict:
+    """What the plan records about the latency budget (all values measured)."""
+    dense_total = problem.total_dense_cost
+    total = problem.total_cost(choices)
+    achieved = dense_total / total
+    met = total <= problem.target_cost * (1 + 1e-9)
+    if not met:
+        nncf_logger.warning(
+            f"{ALGO_NAME}: latency budget NOT met after measuring the chosen ranks: {achieved:.3f}x, target "
+            f"{problem.budget.target_ratio:g}x (raise latency.verify_rounds or lower the target)")
+    ctx = model.context
+    return {
+        "precision": ctx.precision, "runtime_precision": model.runtime.get("runtime_precision"),
+        "threads": ctx.threads, "runtime_threads": model.runtime.get("threads"), "int8": model.settings.int8,
+        "rank_multiple": model.rank_multiple, "rank_multiple_scores": model.rank_multiple_scores, "cpu": ctx.cpu, "openvino": ctx.openvino,
+        "cache_file": str(model.cache.path), "measured_now": model.measured_now,
+        "fixed_ms": problem.fixed_cost, "dense_ms": dense_total, "ms": total, "achieved_ratio": achieved,
+        "budget_met": bool(met),
+    }
+
+
+def layer_latency(model: Optional[LatencyCostModel], name: str, choice: RankChoice) -> dict:
+    if model is None:
+        return {}
+    return {"latency_ms": model.cost(name, choice.method, choice.ranks), "dense_latency_ms": model.dense(name)}

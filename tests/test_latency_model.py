@@ -1,0 +1,267 @@
+"""The latency cost model: specs and cache keys, the on-disk cache, single-layer OpenVINO models that match the
+torch layers, real measurements in worker processes, the measure-select loop, and a latency budget on a model."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from nncf_tdplugin.latency_model import LatencyCache, LatencyCostModel, LatencySettings, LayerSpec, MeasurementContext
+from nncf_tdplugin.latency_model import measure_specs
+from nncf_tdplugin.nncf_integration.latency_budget import select_with_measurements
+from nncf_tdplugin.rank_selection import (
+    RANK_SELECTORS,
+    Budget,
+    LayerCandidate,
+    LayerGeometry,
+    RankChoice,
+    RankConstraints,
+    SelectionProblem,
+)
+from tests.models import low_rank_conv_weight
+
+_WORKER = pathlib.Path(__file__).resolve().parents[1] / "nncf_tdplugin" / "latency_model" / "_layer_worker.py"
+
+
+def _worker_module():
+    spec = importlib.util.spec_from_file_location("_layer_worker_for_tests", _WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _shapes(module, x):
+    with torch.no_grad():
+        return tuple(x.shape), tuple(module(x).shape)
+
+
+# --- specs ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("module,x", [
+    (nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.randn(1, 8, 15, 15)),
+    (nn.Conv2d(8, 16, (3, 5), padding="same", dilation=2, bias=False), torch.randn(1, 8, 12, 10)),
+    (nn.Conv2d(8, 16, 3, padding="valid"), torch.randn(1, 8, 9, 9)),
+    (nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.randn(1, 16, 8, 8)),
+    (nn.Linear(12, 20), torch.randn(1, 12)),
+    (nn.Linear(12, 20), torch.randn(1, 5, 12)),
+])
+def test_single_layer_models_have_the_torch_layers_shapes(module, x):
+    """The OpenVINO model timed for a spec (dense and every factorization) maps the same input shape to the same
+    output shape as the torch layer: padding, stride, dilation, groups and Linear positions are carried over."""
+    import openvino as ov
+
+    worker = _worker_module()
+    in_shape, out_shape = _shapes(module, x)
+    spec = LayerSpec.of(module, in_shape, out_shape)
+    choices = [("dense", ())]
+    if isinstance(module, nn.Linear):
+        choices.append(("svd", (4,)))
+    elif module.groups == 1:
+        choices += [("tucker2", (4, 3)), ("svd", (4,)), ("cp", (5,))]
+    for int8 in (False, True):
+        for method, ranks in choices:
+            s = LayerSpec.of(module, in_shape, out_shape, int8=int8).with_choice(method, ranks)
+            model, shape = worker.build_model(s.to_json())
+            assert list(shape) == list(in_shape) or (spec.kind == "linear" and shape[-1] == in_shape[-1])
+            compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            out = compiled(torch.randn(*shape).numpy())[0]
+            assert out.size == torch.Size(out_shape).numel(), (method, ranks, out.shape, out_shape)
+
+
+def test_spec_keys_distinguish_everything_that_changes_latency():
+    base = LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 8, 8), (1, 16, 8, 8))
+    variants = [base, base.with_choice("tucker2", (4, 4)), base.with_choice("tucker2", (4, 8)),
+                base.with_choice("svd", (4,)), LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1, stride=2), (1, 8, 8, 8),
+                                                            (1, 16, 4, 4)),
+                LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 8, 8), (1, 16, 8, 8), int8=True),
+                LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1, bias=False), (1, 8, 8, 8), (1, 16, 8, 8)),
+                LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 9, 9), (1, 16, 9, 9))]
+    assert len({v.key for v in variants}) == len(variants)
+    # the same layer from another model has the same key
+    assert LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 8, 8), (1, 16, 8, 8)).key == base.key
+
+
+# --- cache ---------------------------------------------------------------------------------------------------------
+def test_cache_round_trip_and_context_keying(tmp_path):
+    ctx = MeasurementContext(precision="f32", threads=1, cpu="cpu A", openvino="1.0")
+    cache = LatencyCache(ctx, tmp_path)
+    cache.put("k1", 0.25, 0.01)
+    cache.runtime = {"runtime_precision": "f32"}
+    cache.save()
+    again = LatencyCache(ctx, tmp_path)
+    assert again.get("k1") == 0.25 and "k1" in again and again.runtime == {"runtime_precision": "f32"}
+    # timing settings do not change the file; precision, threads, CPU and OpenVINO version do
+    assert LatencyCache(MeasurementContext("f32", 1, iterations=99, cpu="cpu A", openvino="1.0"), tmp_path).get("k1")
+    for other in (MeasurementContext("default", 1, cpu="cpu A", openvino="1.0"),
+                  MeasurementContext("f32", 2, cpu="cpu A", openvino="1.0"),
+                  MeasurementContext("f32", 1, cpu="cpu B", openvino="1.0"),
+                  MeasurementContext("f32", 1, cpu="cpu A", openvino="2.0")):
+        assert LatencyCache(other, tmp_path).get("k1") is None
+    # a file that claims another context is refused, not silently used
+    data = json.loads(cache.path.read_text())
+    data["context"]["precision"] = "bf16"
+    cache.path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="precision"):
+        LatencyCache(ctx, tmp_path)
+
+
+def test_measurements_fill_the_cache_once(tmp_path):
+    ctx = MeasurementContext.here("f32", 1, warmup=2, iterations=5, repeats=2)
+    cache = LatencyCache(ctx, tmp_path)
+    base = LayerSpec.of(nn.Conv2d(16, 16, 3, padding=1), (1, 16, 8, 8), (1, 16, 8, 8))
+    specs = [base, base.with_choice("tucker2", (8, 8)), base.with_choice("svd", (8,))]
+    assert measure_specs(specs, cache, progress=False) == 3
+    assert all(cache.get(s.key) > 0 for s in specs)
+    assert cache.runtime["runtime_precision"] == "f32" and cache.runtime["threads"] == 1
+    reloaded = LatencyCache(ctx, tmp_path)
+    assert measure_specs(specs, reloaded, progress=False) == 0  # all cached on disk
+
+
+# --- selection with measured costs ---------------------------------------------------------------------------------
+class FakeLatency:
+    """A cost model with given 'measured' values and a deliberately wrong 'prediction' before measuring."""
+
+    def __init__(self, dense, measured, predicted, verify_rounds=3, known=()):
+        self.settings = LatencySettings(verify_rounds=verify_rounds)
+        self._dense, self._measured, self._predicted, self.known = dense, measured, predicted, set(known)
+        self.measured_only = False
+
+    def dense(self, name):
+        return self._dense[name]
+
+    def cost(self, name, method, ranks=()):
+        if method == "dense":
+            return self._dense[name]
+        key = (name, method, tuple(ranks))
+        if key in self.known:
+            return self._measured(key)
+        return float("inf") if self.measured_only else self._predicted(key)
+
+    def measure_choices(self, choices):
+        new = {(n, m, tuple(r)) for n, (m, r) in choices.items() if m != "dense"} - self.known
+        self.known |= new
+        return len(new)
+
+
+def _candidate(name, fake, t=32, s=32, full_rank=False):
+    g = LayerGeometry("conv", t, s, 3, 3, (8, 8), (8, 8), False)
+    w = torch.randn(t, s, 3, 3) if full_rank else low_rank_conv_weight(t, s, 3, 8, 8)
+    c = LayerCandidate(name, w, g, ("tucker2",))
+    c.extra_costs["latency"] = lambda ch, n=name: fake.cost(n, ch.method, ch.ranks)
+    return c
+
+
+@pytest.mark.parametrize("selector", ["search", "uniform"])
+def test_a_layer_slower_decomposed_stays_dense(selector):
+    """'slow' is predicted fast but measures slower than dense at every rank: after the measure-select loop it is
+    dense, 'fast' carries the budget, and the budget holds on measured costs."""
+    dense = {"slow": 1.0, "fast": 1.0}
+    predicted = lambda key: 0.1 + 0.8 * (key[2][0] * key[2][1]) / 32 ** 2  # noqa: E731
+    measured = lambda key: 1.2 if key[0] == "slow" else predicted(key)  # noqa: E731
+    fake = FakeLatency(dense, measured, predicted)
+    problem = SelectionProblem([_candidate("slow", fake), _candidate("fast", fake)], Budget("latency", 1.25),
+                               RankConstraints(rank_multiple=4), fixed_cost=0.0)
+    choices = select_with_measurements(RANK_SELECTORS[selector](), problem, fake)
+    assert choices["slow"].is_dense
+    assert not choices["fast"].is_dense
+    assert problem.ratio(choices) >= 1.25 - 1e-9
+
+
+def test_an_optimistic_predictor_cannot_break_the_budget():
+    """Every prediction is 30% too fast and no re-selection round is allowed: the plan must still meet the budget on
+    measured costs, by selecting among measured options (the grid) only."""
+    dense = {"a": 1.0, "b": 1.0}
+    measured = lambda key: 0.05 + 0.9 * (key[2][0] * key[2][1]) / 32 ** 2  # noqa: E731
+    predicted = lambda key: 0.7 * measured(key)  # noqa: E731
+    grid = {(n, "tucker2", (r, q)) for n in dense for r in (4, 8, 16, 32) for q in (4, 8, 16, 32)}
+    fake = FakeLatency(dense, measured, predicted, verify_rounds=0, known=grid)
+    problem = SelectionProblem([_candidate(n, fake, full_rank=True) for n in dense], Budget("latency", 1.6),
+                               RankConstraints(rank_multiple=4), fixed_cost=0.0)
+
+    def measured_ratio(choices):
+        return sum(dense.values()) / sum(measured((n, c.method, c.ranks)) if not c.is_dense else dense[n]
+                                         for n, c in choices.items())
+
+    assert measured_ratio(RANK_SELECTORS["search"]().select(problem)) < 1.6  # the first pick misses on measurement
+    choices = select_with_measurements(RANK_SELECTORS["search"](), problem, fake)
+    assert measured_ratio(choices) >= 1.6 - 1e-9
+    assert all(c.is_dense or (n, c.method, c.ranks) in fake.known for n, c in choices.items())
+    assert not fake.measured_only
+
+
+def test_unreachable_latency_budget_reports_best_speedup():
+    dense = {"a": 1.0}
+    fake = FakeLatency(dense, lambda key: 0.9, lambda key: 0.9)
+    problem = SelectionProblem([_candidate("a", fake)], Budget("latency", 2.0), RankConstraints(), fixed_cost=0.0)
+    with pytest.raises(ValueError, match=r"unreachable.*1\.1\d*x faster") as e:
+        RANK_SELECTORS["search"]().select(problem)
+    assert e.value.best_ratio == pytest.approx(1 / 0.9)
+
+
+def test_cost_model_interpolates_between_grid_ranks_and_prefers_measurements(tmp_path):
+    model = LatencyCostModel(LatencySettings(precision="f32", threads=1, grid_points=3, cache_dir=str(tmp_path),
+                                             warmup=2, iterations=5, repeats=1), progress=False)
+    spec = LayerSpec.of(nn.Conv2d(32, 32, 3, padding=1), (1, 32, 8, 8), (1, 32, 8, 8))
+    model.add_layer("conv", spec, {"tucker2": [[4, 8, 16, 32], [4, 8, 16, 32]], "svd": [[4, 8, 16, 32]]})
+    assert model.grids[("conv", "tucker2")] == ([4, 8, 32], [4, 8, 32])  # geometric, both ends included
+    model.prepare()
+    assert model.measured_now == 1 + 9 + 3
+    lo, hi = model.cost("conv", "svd", (8,)), model.cost("conv", "svd", (32,))
+    assert min(lo, hi) <= model.predict("conv", "svd", (16,)) <= max(lo, hi)  # between its neighbours
+    assert not model.is_measured("conv", "svd", (16,))
+    model.measure_choices({"conv": ("svd", (16,))})
+    assert model.cost("conv", "svd", (16,)) == model.cache.get(spec.with_choice("svd", (16,)).key)
+
+
+# --- a latency budget through the NNCF config ----------------------------------------------------------------------
+class ConvStack(nn.Module):
+    """Convolution time dominates: a stem, three low-rank 3x3 convs at 32x32, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(64, 64, 3, padding=1) for _ in range(3))
+        self.fc = nn.Linear(64, 10)
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.copy_(low_rank_conv_weight(64, 64, 3, 16, 16, 0.01))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_latency_budget_is_met_and_holds_end_to_end(tmp_path):
+    import nncf
+    from nncf.torch import create_compressed_model
+
+    from nncf_tdplugin.export import export_openvino, measure_many
+
+    size = [1, 3, 32, 32]
+    target = 1.6
+    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": target},
+             "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path / "cache"), "grid_points": 4,
+                         "iterations": 10, "repeats": 2}}
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": size}, "compression": [block]})
+    ctrl, model = create_compressed_model(ConvStack(), config)
+    lat = ctrl.plan["latency"]
+    assert lat["budget_met"] and lat["achieved_ratio"] >= target - 1e-9
+    assert lat["precision"] == "f32" and lat["runtime_precision"] == "f32" and lat["threads"] == 1
+    assert lat["fixed_ms"] > 0  # stem and classifier stay dense and count in the model's latency
+    for entry in ctrl.plan["layers"].values():
+        assert entry["latency_ms"] < entry["dense_latency_ms"]
+        assert all(r % lat["rank_multiple"] == 0 for r in entry["ranks"])
+    assert "Latency" in ctrl.statistics().to_str()
+    dense_xml = export_openvino(ConvStack().eval(), torch.randn(*size), tmp_path / "dense.xml")
+    td_xml = export_openvino(ctrl, torch.randn(*size), tmp_path / "td.xml")
+    dense, td = measure_many([(dense_xml, size), (td_xml, size)], precision="f32", threads=1, warmup=10,
+                             iterations=50, repeats=3)
+    speedup = dense.median_ms / td.median_ms
+    # the per-layer cost model leaves out the other ops and the call itself: end to end the model must still be
+    # clearly faster, within the measurements' spread of the budget
+    slack = (dense.spread_ms + td.spread_ms) / td.median_ms
+    assert speedup >= min(target * 0.8, target - slack), (speedup, slack, lat)
