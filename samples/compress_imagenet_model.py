@@ -162,22 +162,28 @@ def main(argv=None) -> dict:
             "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
             "rel_logit_error": float((logits - reference).norm() / reference.norm()),
         })
+    ran_in = {}
     for precision in ("f32", "default"):
         results = measure_many([(irs[label], list(example.shape)) for label in variants], precision=precision,
                                threads=args.threads)
         for row, result in zip(rows, results):
             row[f"latency_ms_{precision}"] = result.median_ms
             row[f"latency_spread_ms_{precision}"] = result.spread_ms
+            row[f"runtime_precision_{precision}"] = result.runtime_precision
+        ran_in[precision] = results[0].runtime_precision
 
-    header = f"{'variant':<16}{'params':>10}{'MACs':>10}{'IR MB':>8}{'f32 ms':>9}{'default ms':>12}{'top-1 agree':>13}{'logit err':>11}"
+    default_label = f"default={ran_in['default']} ms"
+    header = (f"{'variant':<16}{'params':>10}{'MACs':>10}{'IR MB':>8}{'f32 ms':>9}{default_label:>18}"
+              f"{'top-1 agree':>13}{'logit err':>11}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         print(f"{r['variant']:<16}{r['params'] / 1e6:>9.2f}M{r['macs'] / 1e6:>9.0f}M{r['ir_mb']:>8.2f}"
-              f"{r['latency_ms_f32']:>9.2f}{r['latency_ms_default']:>12.2f}{r['top1_agreement']:>13.3f}"
+              f"{r['latency_ms_f32']:>9.2f}{r['latency_ms_default']:>18.2f}{r['top1_agreement']:>13.3f}"
               f"{r['rel_logit_error']:>11.3f}")
-    print(f"(OpenVINO CPU, {args.threads} threads, latency hint, median of interleaved repeats; 'default' is the "
-          f"precision the CPU picks (bf16 on AMX); agreement: top-1 vs the original torch model on "
-          f"{args.eval_images} photo crops)")
+    print(f"(OpenVINO CPU, {args.threads} threads, latency hint, median of interleaved repeats; 'f32' pinned with "
+          f"INFERENCE_PRECISION_HINT (ran in {ran_in['f32']}); 'default' is the precision this CPU picks without a "
+          f"hint, reported by OpenVINO as {ran_in['default']} (INT8 models run their quantized layers in INT8 "
+          f"either way); agreement: top-1 vs the original torch model on {args.eval_images} photo crops)")
     result = {"model": args.model, "config": config_dict, "finetune_steps": args.finetune_steps, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {out / 'results.json'}")

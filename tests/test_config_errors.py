@@ -30,6 +30,14 @@ from tests.nncf_helpers import compress, make_config
          r"tensor_decomposition\.search: only used with rank_selection 'search'"),
         ({"rank_selection": "search", "search": {"layer_weighting": "depth"}},
          r"tensor_decomposition\.search\.layer_weighting: 'depth' is not one of"),
+        ({"latency": {"threads": 2}},
+         r"tensor_decomposition\.latency: only used with budget\.metric 'latency', but the metric is 'params'"),
+        ({"budget": {"metric": "latency"}, "latency": {"precision": "fp16"}},
+         r"tensor_decomposition\.latency\.precision: 'fp16' is not one of"),
+        ({"budget": {"metric": "latency"}, "latency": {"rank_multiple": 0}},
+         r"tensor_decomposition\.latency\.rank_multiple: 0 is less than the minimum of 1"),
+        ({"budget": {"metric": "latency"}, "latency": {"grid_points": 1}},
+         r"tensor_decomposition\.latency\.grid_points: 1 is less than the minimum of 2"),
     ],
 )
 def test_schema_errors_name_the_key(block, message):
