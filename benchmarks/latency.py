@@ -101,6 +101,8 @@ def build_variant(model_name: str, name: str, algorithms: list, quantize: bool, 
         meta.update(status="best_reachable", message=str(e), best_ratio=best,
                     retried_ratio=retry[0]["budget"]["target_ratio"])
         try:
+            torch.manual_seed(0)
+            model = getattr(torchvision.models, model_name)().eval()  # NNCF modified the first one in place
             ctrl, compressed = create_compressed_model(model, _config(retry, quantize))
         except TDConfigError as again:
             meta.update(status="unreachable", retry_message=str(again))

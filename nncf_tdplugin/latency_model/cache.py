@@ -11,9 +11,8 @@ import pathlib
 import tempfile
 from typing import Optional, Union
 
+from nncf_tdplugin.latency_model.specs import CACHE_FORMAT as FORMAT_VERSION
 from nncf_tdplugin.latency_model.specs import MeasurementContext
-
-FORMAT_VERSION = 1
 
 
 def default_cache_dir() -> pathlib.Path:

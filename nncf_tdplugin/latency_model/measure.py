@@ -61,8 +61,7 @@ def measure_specs(specs: Iterable[LayerSpec], cache: LatencyCache, chunk_size: i
             result = _run_chunk(chunk, cache, timeout_s)
             for key, ms in result["results"].items():
                 cache.put(key, ms, result["spreads"].get(key, 0.0))
-            cache.runtime = {"runtime_precision": result["runtime_precision"], "threads": result["threads"],
-                             "call_overhead_ms": result["overhead_ms"]}
+            cache.runtime = {"runtime_precision": result["runtime_precision"], "threads": result["threads"]}
             cache.save()
             bar.update(len(chunk))
     return len(todo)

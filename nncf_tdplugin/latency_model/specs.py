@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
+CACHE_FORMAT = 2  # bump when what a measurement means changes: old cache files are then left alone
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
               "avx_vnni")
 
@@ -126,7 +127,7 @@ class MeasurementContext:
         """File name of this context's cache (timing settings excluded: they change noise, not the value)."""
         threads = self.threads if self.threads else "auto"
         digest = hashlib.sha1(f"{self.cpu}|{self.openvino}".encode()).hexdigest()[:10]
-        return f"ov{self.openvino}_{self.precision}_t{threads}_{digest}"
+        return f"v{CACHE_FORMAT}_ov{self.openvino}_{self.precision}_t{threads}_{digest}"
 
     def to_json(self) -> dict:
         return asdict(self)
