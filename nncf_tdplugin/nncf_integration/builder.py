@@ -143,7 +143,8 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         if metric == "latency" and candidates:
             by_name = {layer.module_name: layer for layer in layers}
             latency_model, constraints, fixed_cost = attach_latency_costs(
-                cfg, self.config, layers, candidates, constraints, by_name)
+                cfg, self.config, layers, candidates, constraints, by_name, net=model,
+                input_shape=_single_input_shape(self.config))
         elif metric == "latency":
             fixed_cost = 0.0
         else:
@@ -231,6 +232,14 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
 
     def _output_scale(self, layer: GraphLayer) -> Optional[torch.Tensor]:
         return layer.output_scale if self.td_config.bn_aware else None
+
+
+def _single_input_shape(config) -> Optional[list]:
+    """The sample size of the model's only input in ``input_info`` (None for several inputs)."""
+    info = config.get("input_info")
+    if isinstance(info, list):
+        info = info[0] if len(info) == 1 else None
+    return list(info["sample_size"]) if isinstance(info, dict) and "sample_size" in info else None
 
 
 class _Override:

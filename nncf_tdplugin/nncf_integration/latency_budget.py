@@ -6,8 +6,11 @@ selection problem, and the measure-select loop that makes the final decisions re
 2. The rank multiple is probed on this CPU (``rank_multiple: "auto"``) and combined with the user's constraint.
 3. Every candidate's dense layer and its factorizations on a grid of ranks are measured (or read from the cache);
    each candidate gets ``extra_costs["latency"]``, so every selector (search, uniform, energy, VBMF) works with it.
-4. With ``budget.scope: "model"``, the other Conv2d/Linear calls (first/last layers, depthwise convs, excluded
-   layers) are measured dense and form the fixed cost.
+4. With ``budget.scope: "model"`` the whole dense model is converted to OpenVINO and timed (INT8 mode: after
+   NNCF's post-training quantization on random inputs, for INT8 kernels), and the fixed cost is its latency minus
+   the candidates' per-layer dense costs: the target ratio is then a ratio of whole-model latencies, with per-layer
+   measurements supplying the savings. (When the model cannot be converted, the other Conv2d/Linear calls are
+   measured dense and form the fixed cost instead.)
 5. :func:`select_with_measurements`: select, measure the chosen factorizations exactly, select again (the measured
    values now replace the interpolation), until nothing new is measured. If the measured plan is still over the
    budget, select once more among measured options only (grid points and earlier choices), which meets it whenever
@@ -46,7 +49,8 @@ def settings_from(cfg: TDConfig, nncf_config) -> LatencySettings:
 
 
 def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constraints: RankConstraints,
-                         candidate_layers: dict) -> tuple[LatencyCostModel, RankConstraints, float]:
+                         candidate_layers: dict, net=None, input_shape=None
+                         ) -> tuple[LatencyCostModel, RankConstraints, float]:
     """Measure what the selection needs; returns (cost model, constraints with the rank multiple, fixed cost).
 
     ``layers``: every GraphLayer of the model; ``candidate_layers``: name -> GraphLayer of each candidate."""
@@ -78,9 +82,60 @@ def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constra
     for c in candidates:
         c.extra_costs["latency"] = (lambda choice, name=c.name: model.cost(name, choice.method, choice.ranks))
     fixed_cost = sum(model.dense(n) for n in others)
+    model.whole_model_ms = None
+    if cfg.budget_scope == "model" and net is not None and input_shape is not None:
+        model.whole_model_ms = whole_model_latency(net, input_shape, model, layers)
+        # the model's latency minus what the candidates cost as measured layer by layer: everything else
+        # (other layers, pooling, adds, the call), and the per-layer model's bias on the candidates' absolute
+        # times; savings (dense - factorized) stay per layer. May be negative when isolated layers run slower
+        # than inside the network.
+        fixed_cost = model.whole_model_ms - sum(model.dense(c.name) for c in candidates)
     model.rank_multiple = constraints.rank_multiple
     model.fixed_layers = others
     return model, constraints, fixed_cost
+
+
+def whole_model_latency(net, input_shape, model: LatencyCostModel, layers) -> float:
+    """Latency (ms) of the whole dense model at the cost model's settings: converted to OpenVINO (INT8 mode:
+    quantized by NNCF's post-training quantization on two random inputs, only to get INT8 kernels), timed in a
+    worker process, cached under a key made of every layer's spec and the input shape."""
+    import hashlib
+    import tempfile
+
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    from nncf_tdplugin.export.latency import measure_latency
+
+    int8 = bool(model.settings.int8)
+    signature = "|".join(LayerSpec.of(g.module, g.in_shape, g.out_shape, int8).key for g in layers)
+    key = f"model:{hashlib.sha1(f'{input_shape}|{signature}'.encode()).hexdigest()[:16]}|{'i8' if int8 else 'fp'}"
+    cached = model.cache.get(key)
+    if cached is not None:
+        return cached
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            ov_model = ov.convert_model(net, example_input=torch.randn(*input_shape), input=[tuple(input_shape)])
+    finally:
+        net.train(was_training)
+    if int8:
+        import nncf
+
+        rng = np.random.default_rng(0)
+        data = nncf.Dataset([rng.standard_normal(input_shape).astype(np.float32) for _ in range(2)])
+        ov_model = nncf.quantize(ov_model, data, subset_size=2, fast_bias_correction=True)
+    ctx = model.context
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = f"{tmp}/dense.xml"
+        ov.save_model(ov_model, xml, compress_to_fp16=False)
+        result = measure_latency(xml, list(input_shape), precision=ctx.precision, threads=ctx.threads,
+                                 warmup=10, iterations=30, repeats=3)
+    model.cache.put(key, result.median_ms, result.spread_ms)
+    model.cache.save()
+    return result.median_ms
 
 
 def select_with_measurements(selector: RankSelector, problem: SelectionProblem, model: LatencyCostModel
@@ -137,6 +192,7 @@ def latency_summary(model: LatencyCostModel, problem: SelectionProblem, choices:
         "threads": ctx.threads, "runtime_threads": model.runtime.get("threads"), "int8": model.settings.int8,
         "rank_multiple": model.rank_multiple, "rank_multiple_scores": model.rank_multiple_scores, "cpu": ctx.cpu, "openvino": ctx.openvino,
         "cache_file": str(model.cache.path), "measured_now": model.measured_now,
+        "whole_model_ms": getattr(model, "whole_model_ms", None),
         "fixed_ms": problem.fixed_cost, "dense_ms": dense_total, "ms": total, "achieved_ratio": achieved,
         "budget_met": bool(met),
     }
