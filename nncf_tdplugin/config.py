@@ -139,6 +139,13 @@ TD_SCHEMA: dict[str, Any] = {
                                "repeat."},
                 "repeats": {**_POSITIVE_INT, "default": 3, "description": "Round-robin passes over the layers of "
                             "one measurement batch (the median over all is kept)."},
+                "calibration": {"enum": ["layers", "whole_model"], "default": "layers",
+                                "description": "How the model's latency is formed (budget.scope 'model'). "
+                                "'layers': the sum of the per-layer latencies of every Conv2d/Linear call (on "
+                                "this machine's ResNet-50 runs the measured end-to-end speedup met or exceeded "
+                                "the target at every precision). 'whole_model': the dense model is also timed end "
+                                "to end and the per-layer measurements only supply the savings (accurate at the "
+                                "default precision, optimistic at f32 and INT8 here; see docs/latency.md)."},
                 "verify_rounds": {"type": "integer", "minimum": 0, "default": 3,
                                   "description": "Rounds of: select ranks, measure the chosen factorizations "
                                   "exactly, select again with the measurements, until nothing new is measured."},

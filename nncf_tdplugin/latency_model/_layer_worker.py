@@ -11,11 +11,12 @@ last factor only. In INT8 mode every convolution/matmul gets what an NNCF-quanti
 (256 levels) on its input activation and INT8 weights (Constant i8 -> Convert -> per-channel Multiply), so the CPU
 plugin runs INT8 kernels as it does for the real model.
 
-In context: a layer is timed between a prefix, Parameter -> ReLU (-> FakeQuantize in INT8), that stands for the
-previous layer, and a suffix, a spatial mean that stands for the next one; prefix -> suffix alone is timed too, and
-the layer's cost is the difference. This removes what only an
-isolated layer pays: the call's fixed cost, converting the f32 planar input to the internal layout and precision
-(bf16 blocked, or INT8) and converting the output back, which in a network happen once, not per layer. Without it, every factor layer carried a
+In context: a layer is timed after a prefix, Parameter -> ReLU (-> FakeQuantize in INT8), that stands for the
+previous layer, and the prefix alone is timed too; the layer's cost is the difference. This removes what only an
+isolated layer pays: the call's fixed cost and converting the f32 planar input to the internal layout and precision
+(bf16 blocked, or INT8), which in a network happens once, not per layer. (An optional suffix, a spatial mean that
+stands for the next layer, also removes the output conversion; measured against whole models it made the
+per-layer sums optimistic at f32, so it is off: see docs/latency.md.) Without it, every factor layer carried a
 floor that made factorizations look slower than they run in the network (ResNet-50 at bf16: a 2.9x predicted
 ratio ran 4.9x faster).
 
@@ -108,13 +109,13 @@ def _suffix(y, spec: dict):
     return ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), True)
 
 
-def build_baseline(spec: dict) -> tuple:
-    """Prefix and suffix alone: subtracted from the layer's time (input conversion, the call's fixed cost)."""
+def build_baseline(spec: dict, suffix: bool = False) -> tuple:
+    """The prefix (and suffix) alone: subtracted from the layer's time (input conversion, the call's fixed cost)."""
     x, y = _prefix(spec)
-    return ov.Model([_suffix(y, spec)], [x]), input_shape(spec)
+    return ov.Model([_suffix(y, spec) if suffix else y], [x]), input_shape(spec)
 
 
-def build_model(spec: dict, suffix: bool = True) -> tuple:
+def build_model(spec: dict, suffix: bool = False) -> tuple:
     """The ``ov.Model`` of one spec (between prefix and suffix) and its input shape."""
     s, t, int8, bias = spec["in_channels"], spec["out_channels"], spec["int8"], spec["bias"]
     method, ranks = spec["method"], spec["ranks"]
@@ -179,6 +180,7 @@ def main() -> None:
     warmup, iterations, repeats = int(context["warmup"]), int(context["iterations"]), int(context["repeats"])
 
     entries, baselines = [], {}
+    suffix = bool(context.get("suffix", False))
 
     def add(key, model, shape):
         compiled = core.compile_model(model, "CPU", config)
@@ -191,8 +193,8 @@ def main() -> None:
     for spec in specs:
         base = baseline_key(spec)
         if base not in baselines:
-            baselines[base] = add("baseline:" + base, *build_baseline(spec))
-        add(spec["key"], *build_model(spec))
+            baselines[base] = add("baseline:" + base, *build_baseline(spec, suffix))
+        add(spec["key"], *build_model(spec, suffix))
     for _ in range(repeats):
         for _, request, x, times in entries:
             times.extend(_time(request, x, iterations))

@@ -43,6 +43,7 @@ class LatencySettings:
     iterations: int = 20
     repeats: int = 3
     verify_rounds: int = 3
+    calibration: str = "layers"  # "layers" | "whole_model"
 
 
 def _grid(allowed: Sequence[int], points: int) -> list[int]:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-CACHE_FORMAT = 3  # bump when what a measurement means changes: old cache files are then left alone
+CACHE_FORMAT = 2  # bump when what a measurement means changes: old cache files are then left alone
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
               "avx_vnni")
 

@@ -6,11 +6,11 @@ selection problem, and the measure-select loop that makes the final decisions re
 2. The rank multiple is probed on this CPU (``rank_multiple: "auto"``) and combined with the user's constraint.
 3. Every candidate's dense layer and its factorizations on a grid of ranks are measured (or read from the cache);
    each candidate gets ``extra_costs["latency"]``, so every selector (search, uniform, energy, VBMF) works with it.
-4. With ``budget.scope: "model"`` the whole dense model is converted to OpenVINO and timed (INT8 mode: after
-   NNCF's post-training quantization on random inputs, for INT8 kernels), and the fixed cost is its latency minus
-   the candidates' per-layer dense costs: the target ratio is then a ratio of whole-model latencies, with per-layer
-   measurements supplying the savings. (When the model cannot be converted, the other Conv2d/Linear calls are
-   measured dense and form the fixed cost instead.)
+4. With ``budget.scope: "model"`` the other Conv2d/Linear calls (first/last layers, depthwise convs, excluded
+   layers) are measured dense and form the fixed cost (``calibration: "layers"``, the default). With
+   ``calibration: "whole_model"`` the whole dense model is converted to OpenVINO and timed instead (INT8 mode:
+   after NNCF's post-training quantization on random inputs, for INT8 kernels), and the fixed cost is its latency
+   minus the candidates' per-layer dense costs: per-layer measurements then only supply the savings.
 5. :func:`select_with_measurements`: select, measure the chosen factorizations exactly, select again (the measured
    values now replace the interpolation), until nothing new is measured. If the measured plan is still over the
    budget, select once more among measured options only (grid points and earlier choices), which meets it whenever
@@ -45,6 +45,7 @@ def settings_from(cfg: TDConfig, nncf_config) -> LatencySettings:
         rank_multiple=None if lat["rank_multiple"] == "auto" else int(lat["rank_multiple"]),
         grid_points=lat["grid_points"], cache_dir=lat.get("cache_dir"), warmup=lat["warmup"],
         iterations=lat["iterations"], repeats=lat["repeats"], verify_rounds=lat["verify_rounds"],
+        calibration=lat["calibration"],
     )
 
 
@@ -83,7 +84,8 @@ def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constra
         c.extra_costs["latency"] = (lambda choice, name=c.name: model.cost(name, choice.method, choice.ranks))
     fixed_cost = sum(model.dense(n) for n in others)
     model.whole_model_ms = None
-    if cfg.budget_scope == "model" and net is not None and input_shape is not None:
+    if (settings.calibration == "whole_model" and cfg.budget_scope == "model" and net is not None
+            and input_shape is not None):
         model.whole_model_ms = whole_model_latency(net, input_shape, model, layers)
         # the model's latency minus what the candidates cost as measured layer by layer: everything else
         # (other layers, pooling, adds, the call), and the per-layer model's bias on the candidates' absolute
