@@ -227,6 +227,59 @@ TD_SCHEMA: dict[str, Any] = {
             "type": "boolean", "default": True,
             "description": "Raise if an ignored/target scope matches no layer.",
         },
+        "rank_learning": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Budget-aware rank learning during training (BATUDE-style, docs/rank_learning.md). The "
+            "layers are first decomposed at the milder 'initial_ratio' (by 'rank_selection', in the metric and scope "
+            "of 'budget'); a learnable gate on every rank channel between factors, the loss ctrl.loss() (cost-weighted "
+            "group lasso + ADMM proximity to the budget projection) and the scheduler (step() per batch, epoch_step() "
+            "per epoch) then shrink the ranks to budget.target_ratio; at the end the ranks are frozen and the factor "
+            "layers are truncated to them (in strip()/export, or at once by ctrl.truncate()). Methods 'tucker2' and "
+            "'svd', metrics 'params' and 'flops'.",
+            "properties": {
+                "initial_ratio": {"type": "number", "exclusiveMinimum": 1,
+                                  "description": "Budget ratio of the initial decomposition, below "
+                                  "budget.target_ratio (generous ranks to learn from). Default: the square root of "
+                                  "budget.target_ratio."},
+                "schedule": {"enum": ["exponential", "multistep"], "default": "exponential",
+                             "description": "How the budget goes from 'initial_ratio' to budget.target_ratio: "
+                             "'exponential' (geometric in the ratio over 'num_epochs', updated at every Z-step) or "
+                             "'multistep' (jumps at 'multistep_epochs')."},
+                "num_epochs": {**_POSITIVE_INT, "default": 5,
+                               "description": "With schedule 'exponential': epochs until budget.target_ratio is "
+                               "reached."},
+                "multistep_epochs": {"type": "array", "items": _POSITIVE_INT, "minItems": 1,
+                                     "description": "With schedule 'multistep' (required): the epochs at which the "
+                                     "budget tightens, increasing; the last one ends the schedule."},
+                "multistep_ratios": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 1},
+                                     "minItems": 1,
+                                     "description": "With schedule 'multistep': the budget ratio from each of "
+                                     "'multistep_epochs' on (non-decreasing, the last equal to budget.target_ratio). "
+                                     "Default: geometric steps from 'initial_ratio' to the target."},
+                "freeze_epoch": {"type": "integer", "minimum": 0,
+                                 "description": "Epoch from which the ranks are fixed (final masks, the loss is "
+                                 "zero). Default and minimum: the end of the schedule."},
+                "regularization": {"type": "number", "minimum": 0, "default": 0.001,
+                                   "description": "Weight lambda of the group lasso on the gates, each gate "
+                                   "weighted by the marginal cost of its channel in the budget metric."},
+                "admm_rho": {"type": "number", "minimum": 0, "default": 0.01,
+                             "description": "Weight rho of the ADMM proximity term rho/2 * sum((g - z + u)^2) between "
+                             "the gates g and their projection z onto the current budget (u: scaled dual)."},
+                "update_every": {**_POSITIVE_INT, "default": 50,
+                                 "description": "Training steps (scheduler.step() calls) between Z-steps: "
+                                 "re-projection onto the current budget and dual update."},
+                "masking": {"enum": ["progressive", "soft"], "default": "progressive",
+                            "description": "'progressive': at each Z-step the channels outside the projection are "
+                            "masked (they can come back at a later Z-step), so the model always runs at the "
+                            "current budget; 'soft': only the loss shrinks them and masks are set at freeze."},
+                "truncate_at_freeze": {"type": "boolean", "default": False,
+                                       "description": "Slice the factor layers to the learned ranks as soon as the "
+                                       "ranks freeze. Parameters change shape, so the optimizer must be re-created "
+                                       "after that epoch_step(); by default the frozen masks are kept during "
+                                       "training and truncation happens in strip()/export or ctrl.truncate()."},
+            },
+        },
     },
 }
 
@@ -302,7 +355,13 @@ class TDConfig:
     seed: int = 0
     bn_aware: bool = False
     latency: dict = field(default_factory=dict)  # the 'latency' block with defaults (budget.metric 'latency')
+    rank_learning: Optional[dict] = None  # the 'rank_learning' block, resolved (None: ranks fixed before training)
     raw: dict = field(default_factory=dict)
+
+    @property
+    def selection_ratio(self) -> float:
+        """The ratio the rank selector meets when the model is built: 'initial_ratio' when ranks are learned."""
+        return self.rank_learning["initial_ratio"] if self.rank_learning else self.target_ratio
 
     @classmethod
     def from_section(cls, section: dict) -> "TDConfig":
@@ -382,5 +441,68 @@ class TDConfig:
             seed=numerics["seed"],
             bn_aware=numerics["bn_aware"],
             latency={**defaults(TD_SCHEMA["properties"]["latency"]), **section.get("latency", {})},
+            rank_learning=_rank_learning(section, selection, budget) if "rank_learning" in section else None,
             raw=dict(section),
         )
+
+
+def _rank_learning(section: dict, selection: str, budget: dict) -> dict:
+    """The 'rank_learning' block with defaults resolved; cross-key checks name the key at fault."""
+    given = section["rank_learning"]
+    rl = {**defaults(TD_SCHEMA["properties"]["rank_learning"]), **given}
+    where = ["rank_learning"]
+    if selection == "fraction" or "energy_threshold" in section:
+        raise TDConfigError(
+            f"{_path(where)}: needs a global budget to learn ranks under, but rank_selection "
+            f"{'fraction' if selection == 'fraction' else 'energy with a fixed energy_threshold'} has none; use "
+            f"'search', 'uniform', 'energy' or 'vbmf' with 'budget'"
+        )
+    if budget["metric"] == "latency":
+        raise TDConfigError(f"{_path(['budget', 'metric'])}: rank_learning supports 'params' and 'flops', not "
+                            f"'latency' (the measured cost model is not differentiable per channel yet)")
+    method = section.get("method", "tucker2")
+    if method == "cp" or (method == "auto" and "cp" in section.get("auto_methods", ())):
+        raise TDConfigError(f"{_path(['method'] if method == 'cp' else ['auto_methods'])}: rank_learning gates the "
+                            f"channels of 'tucker2' and 'svd' factors; 'cp' is not supported with it")
+    target = float(budget["target_ratio"])
+    initial = float(rl.get("initial_ratio", target ** 0.5))
+    if initial >= target:
+        raise TDConfigError(f"{_path(where + ['initial_ratio'])}: {initial} must be smaller than "
+                            f"budget.target_ratio ({target}): the ranks only shrink during training")
+    rl["initial_ratio"] = initial
+    if rl["schedule"] == "multistep":
+        epochs = given.get("multistep_epochs")
+        if epochs is None:
+            raise TDConfigError(f"{_path(where + ['multistep_epochs'])}: required with schedule 'multistep'")
+        if any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise TDConfigError(f"{_path(where + ['multistep_epochs'])}: {epochs} must be strictly increasing")
+        if "num_epochs" in given:
+            raise TDConfigError(f"{_path(where + ['num_epochs'])}: only used with schedule 'exponential'; the "
+                                f"last of multistep_epochs ends a 'multistep' schedule")
+        ratios = given.get("multistep_ratios")
+        if ratios is None:
+            n = len(epochs)
+            ratios = [initial * (target / initial) ** ((i + 1) / n) for i in range(n)]
+            ratios[-1] = target
+        elif len(ratios) != len(epochs):
+            raise TDConfigError(f"{_path(where + ['multistep_ratios'])}: {len(ratios)} ratio(s) for "
+                                f"{len(epochs)} multistep_epochs; give one ratio per epoch")
+        elif any(b < a for a, b in zip(ratios, ratios[1:])) or ratios[0] < initial:
+            raise TDConfigError(f"{_path(where + ['multistep_ratios'])}: {ratios} must be non-decreasing and "
+                                f"not below initial_ratio ({initial})")
+        elif abs(ratios[-1] - target) > 1e-9:
+            raise TDConfigError(f"{_path(where + ['multistep_ratios'])}: the last ratio ({ratios[-1]}) must equal "
+                                f"budget.target_ratio ({target})")
+        rl["multistep_epochs"], rl["multistep_ratios"] = list(epochs), [float(r) for r in ratios]
+        end = epochs[-1]
+    else:
+        for key in ("multistep_epochs", "multistep_ratios"):
+            if key in given:
+                raise TDConfigError(f"{_path(where + [key])}: only used with schedule 'multistep'")
+        end = rl["num_epochs"]
+    freeze = rl.get("freeze_epoch", end)
+    if freeze < end:
+        raise TDConfigError(f"{_path(where + ['freeze_epoch'])}: {freeze} is before the end of the schedule "
+                            f"(epoch {end}); the ranks can only freeze once budget.target_ratio is reached")
+    rl["freeze_epoch"], rl["schedule_end"], rl["target_ratio"] = freeze, end, target
+    return rl

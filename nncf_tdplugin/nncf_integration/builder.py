@@ -92,11 +92,19 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         else:
             self._apply_plan(target_model, layers, decompose=False)
         refresh_after_restructuring(target_model)
+        if self.td_config.rank_learning:  # learnable rank gates, placed before quantization's weight quantizers
+            from nncf_tdplugin.rank_learning.setup import gate_layout
+
+            return gate_layout(target_model, layers, self._plan, self.td_config)
         return PTTransformationLayout()
 
     def _build_controller(self, model: NNCFNetwork):
         from nncf_tdplugin.nncf_integration.controller import TensorDecompositionController
 
+        if self.td_config.rank_learning:
+            from nncf_tdplugin.rank_learning.controller import RankLearningController
+
+            return RankLearningController(model, self.td_config, self._plan)
         return TensorDecompositionController(model, self.td_config, self._plan)
 
     def initialize(self, model: NNCFNetwork) -> None:
@@ -153,7 +161,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
                           if cfg.budget_scope == "model" else 0.0)
         problem = SelectionProblem(
             candidates=candidates,
-            budget=Budget(metric, cfg.target_ratio),
+            budget=Budget(metric, cfg.selection_ratio),  # initial_ratio when ranks are learned in training
             constraints=constraints,
             fixed_cost=fixed_cost,
             seed=cfg.seed,

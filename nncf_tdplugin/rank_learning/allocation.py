@@ -1,0 +1,87 @@
+"""The Z-step's projection onto the budget: which rank channels to keep so that the model meets a cost budget.
+
+Greedy knapsack (docs/rank_learning.md): start from every channel; repeatedly drop, in the group (gated rank mode of
+one layer) where it is cheapest per unit of cost saved, that group's least important remaining channel(s), until
+the model's cost is within the budget. A group's channels leave in increasing importance, ``rank_multiple`` at a
+time, never below ``min_rank``; the cost of a layer is the analytic cost of its factorisation at the ranks left
+(Tucker-2's core couples both ranks, so a group's marginal saving is recomputed whenever its layer changes).
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+@dataclass
+class GroupSpec:
+    layer: str
+    rank_index: int
+    importance: np.ndarray  # one non-negative value per channel (the loss of dropping it; squared shares add up)
+    min_rank: int = 1
+
+
+@dataclass
+class Allocation:
+    keep: list[np.ndarray]  # per group, a bool per channel
+    ranks: dict[str, list[int]]  # per layer
+    cost: float
+    met: bool  # False if every group is at its minimum and the budget is still exceeded
+
+
+def allocate(groups: Sequence[GroupSpec], layer_ranks: dict[str, list[int]],
+             layer_cost: Callable[[str, Sequence[int]], float], fixed_cost: float, budget_cost: float,
+             rank_multiple: int = 1) -> Allocation:
+    """Keep the channels that meet ``budget_cost`` at the smallest loss of importance (greedy, see module doc).
+
+    ``layer_ranks`` are the ranks of every layer with all its channels (groups index into them); layers whose ranks
+    are not gated keep them. ``layer_cost(layer, ranks)`` is the layer's cost at those ranks.
+    """
+    ranks = {k: list(v) for k, v in layer_ranks.items()}
+    orders = [np.argsort(g.importance, kind="stable") for g in groups]  # least important first
+    dropped = [0] * len(groups)
+    costs = {k: layer_cost(k, v) for k, v in ranks.items()}
+    total = fixed_cost + sum(costs.values())
+    by_layer: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_layer.setdefault(g.layer, []).append(i)
+
+    def step_size(i: int) -> int:
+        count = ranks[groups[i].layer][groups[i].rank_index]
+        remainder = count % rank_multiple
+        return remainder if remainder else rank_multiple
+
+    def candidate(i: int):
+        g = groups[i]
+        count = ranks[g.layer][g.rank_index]
+        n = step_size(i)
+        if count - n < max(1, g.min_rank):
+            return None
+        trial = list(ranks[g.layer])
+        trial[g.rank_index] = count - n
+        saving = costs[g.layer] - layer_cost(g.layer, trial)
+        if saving <= 0:
+            return None
+        lost = float(np.sum(g.importance[orders[i][dropped[i]: dropped[i] + n]] ** 2))
+        return lost / saving, n, trial
+
+    cands = [candidate(i) for i in range(len(groups))]
+    while total > budget_cost * (1 + 1e-12):
+        best = min((i for i, c in enumerate(cands) if c is not None), key=lambda i: cands[i][0], default=None)
+        if best is None:
+            break
+        _, n, trial = cands[best]
+        layer = groups[best].layer
+        dropped[best] += n
+        ranks[layer] = trial
+        new_cost = layer_cost(layer, trial)
+        total += new_cost - costs[layer]
+        costs[layer] = new_cost
+        for i in by_layer[layer]:
+            cands[i] = candidate(i)
+    keep = []
+    for i, g in enumerate(groups):
+        k = np.ones(len(g.importance), dtype=bool)
+        k[orders[i][: dropped[i]]] = False
+        keep.append(k)
+    return Allocation(keep, ranks, total, total <= budget_cost * (1 + 1e-9))

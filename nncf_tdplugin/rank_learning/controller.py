@@ -1,0 +1,305 @@
+"""The controller of the rank-learning mode: Z-steps, freeze, truncation, statistics and a settable rate.
+
+Registered in NNCF's ``ADAPTIVE_COMPRESSION_CONTROLLERS`` (as ``pt_tensor_decomposition``), so the accuracy-aware
+training loop in its adaptive compression level mode can set ``compression_rate`` (the fraction of the budget
+metric removed, ``1 - 1/ratio``) and search the largest budget within the accuracy drop. The fixed-ranks controller
+is not registered and keeps refusing a rate.
+"""
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from nncf.api.compression import CompressionStage
+from nncf.common.accuracy_aware_training.training_loop import ADAPTIVE_COMPRESSION_CONTROLLERS
+from nncf.common.logging import nncf_logger
+
+from nncf_tdplugin.config import ALGO_NAME, TDConfig
+from nncf_tdplugin.nncf_integration.controller import TensorDecompositionController
+from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics
+from nncf_tdplugin.rank_learning.allocation import GroupSpec, allocate
+from nncf_tdplugin.rank_learning.gates import GateGroup, find_groups
+from nncf_tdplugin.rank_learning.loss import RankLearningLoss
+from nncf_tdplugin.rank_learning.schedules import RankLearningScheduler
+from nncf_tdplugin.rank_learning.setup import geometry_of, plan_cost
+from nncf_tdplugin.rank_learning.truncation import (
+    edge_activation_quantizers,
+    patch_quantization_state,
+    truncate_groups,
+)
+from nncf_tdplugin.rank_selection.cost import factorized_macs, factorized_params
+
+
+class RankLearningController(TensorDecompositionController):
+    def __init__(self, target_model, td_config: TDConfig, plan: dict[str, Any]):
+        super().__init__(target_model, td_config, plan)
+        self.rl = td_config.rank_learning
+        self.info = plan["rank_learning"]
+        self.groups: list[GateGroup] = find_groups(target_model, plan["layers"])
+        device = next((p.device for p in target_model.parameters()), torch.device("cpu"))
+        self._loss = RankLearningLoss(self, self.rl["regularization"], self.rl["admm_rho"], device)
+        self._scheduler = RankLearningScheduler(self, self.rl)
+        self._node_of = self._factor_nodes(target_model)
+        if self.groups:
+            self.z_step(self.rl["initial_ratio"], dual=False)  # z = g, u = 0, cost weights and scales
+
+    # --- state ---------------------------------------------------------------------------------------------------
+    @property
+    def truncated(self) -> bool:
+        return bool(self.info.get("truncated"))
+
+    @property
+    def frozen(self) -> bool:
+        sched = self._scheduler
+        return self.truncated or getattr(sched, "frozen", False) or \
+            getattr(sched, "override_ratio", None) is not None
+
+    def load_state(self, state: dict[str, dict[str, Any]]) -> None:
+        if self.name in state:  # the scheduler first, so the stage check below compares like with like
+            self.scheduler.load_state(state[self.name][self._state_names.SCHEDULER])
+        super().load_state(state)
+
+    # --- budget bookkeeping --------------------------------------------------------------------------------------
+    def _layer_cost(self, name: str, ranks) -> float:
+        return plan_cost(self.info, name, self.plan["layers"][name]["method"], ranks)
+
+    def current_ranks(self) -> dict[str, list[int]]:
+        """Ranks of every decomposed layer now: the channels kept by the latest projection (truncated: actual)."""
+        ranks = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
+        for g in self.groups:
+            ranks[g.layer][g.rank_index] = int(g.gate.keep.sum().item())
+        return ranks
+
+    def current_cost(self) -> float:
+        return self.info["fixed_cost"] + sum(self._layer_cost(n, r) for n, r in self.current_ranks().items())
+
+    @property
+    def achieved_ratio(self) -> float:
+        return self.info["dense_total"] / self.current_cost()
+
+    def _min_cost(self) -> float:
+        ranks = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
+        for g in self.groups:
+            ranks[g.layer][g.rank_index] = min(max(1, self.info["min_rank"]), g.gate.channels)
+        return self.info["fixed_cost"] + sum(self._layer_cost(n, r) for n, r in ranks.items())
+
+    # --- the Z-step ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _refresh_scales(self) -> None:
+        """Per channel: ||row c of the producer|| * ||column c of the consumer (with its own gate)||."""
+        gates = {id(g.producer): g.gate for g in self.groups}
+        for g in self.groups:
+            p = g.producer.weight.detach().flatten(1).norm(dim=1)
+            cw = g.consumer.weight.detach()
+            consumer_gate = gates.get(id(g.consumer))
+            if consumer_gate is not None:
+                cw = cw * consumer_gate.effective().reshape((-1,) + (1,) * (cw.dim() - 1))
+            c = cw.transpose(0, 1).flatten(1).norm(dim=1)
+            g.gate.scale.copy_((p * c).to(g.gate.scale))
+
+    def _importance(self, g: GateGroup, values: torch.Tensor) -> np.ndarray:
+        """|value| * scale, relative to the group's norm: dropping a set of channels loses the sum of squares."""
+        s = g.gate.scale
+        norm = (g.gate.gate.abs() * s).norm().clamp_min(1e-12)
+        return (values.abs() * s / norm).double().cpu().numpy()
+
+    @torch.no_grad()
+    def z_step(self, ratio: float, dual: bool = True, hard: bool = False) -> None:
+        """Project g + u onto the budget ``dense_total / ratio`` (greedy allocation), update z, u, keep, masks
+        (progressive masking, or ``hard``) and the cost weights of the loss."""
+        if not self.groups:
+            return
+        self._refresh_scales()
+        values = [g.gate.gate + g.gate.u for g in self.groups]
+        specs = [GroupSpec(g.layer, g.rank_index, self._importance(g, v), self.info["min_rank"])
+                 for g, v in zip(self.groups, values)]
+        full = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
+        result = allocate(specs, full, self._layer_cost, self.info["fixed_cost"], self.info["dense_total"] / ratio,
+                          self.info["rank_multiple"])
+        if not result.met:
+            nncf_logger.warning(f"{ALGO_NAME}.rank_learning: budget ratio {ratio:.3f} is not reachable; the ranks "
+                                f"are at their minimum ({self.info['dense_total'] / result.cost:.3f}x)")
+        progressive = self.rl["masking"] == "progressive"
+        for g, v, keep in zip(self.groups, values, result.keep):
+            k = torch.as_tensor(keep, dtype=g.gate.keep.dtype, device=g.gate.keep.device)
+            z = v * k
+            if dual:
+                g.gate.u.add_(g.gate.gate - z)
+            if progressive:  # a masked channel is out of the forward and of the loss: no dual to accumulate
+                g.gate.u.mul_(k)
+            g.gate.z.copy_(z)
+            g.gate.keep.copy_(k)
+            if progressive or hard:
+                g.gate.mask.copy_(k)
+        self._update_cost_weights(result.ranks)
+
+    def _update_cost_weights(self, ranks: dict[str, list[int]]) -> None:
+        savings = []
+        for g in self.groups:
+            r = list(ranks[g.layer])
+            trial = list(r)
+            trial[g.rank_index] = max(r[g.rank_index] - 1, 0)
+            savings.append(max(self._layer_cost(g.layer, r) - self._layer_cost(g.layer, trial), 0.0))
+        mean = float(np.mean(savings)) if savings else 1.0
+        for g, s in zip(self.groups, savings):
+            g.gate.cost_weight.fill_(s / mean if mean > 0 else 1.0)
+
+    def freeze(self) -> None:
+        """Final projection onto the target budget with hard masks; the loss becomes zero."""
+        self.z_step(self.rl["target_ratio"], dual=False, hard=True)
+        self._scheduler.frozen = True
+        nncf_logger.info(f"{ALGO_NAME}.rank_learning: ranks frozen at {self.achieved_ratio:.3f}x "
+                         f"(target {self.rl['target_ratio']:.3f}x)")
+        if self.rl["truncate_at_freeze"]:
+            self.truncate()
+
+    # --- truncation ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _factor_nodes(model) -> dict[int, str]:
+        node_of = {}
+        try:
+            nodes = model.nncf.get_original_graph().get_all_nodes()
+        except Exception:  # noqa: BLE001
+            return node_of
+        for node in nodes:
+            try:
+                node_of.setdefault(id(model.nncf.get_containing_module(node.node_name)), node.node_name)
+            except Exception:  # noqa: BLE001
+                continue
+        return node_of
+
+    def _truncate_model(self, model) -> dict[str, list[int]]:
+        groups = find_groups(model, self.plan["layers"])
+        if not groups:
+            return {}
+        node_of = self._node_of if model is self.model else self._factor_nodes(model)
+        edges = edge_activation_quantizers(model, groups, node_of)
+        keep = {g.key: g.gate.keep.clone() for g in groups}  # the current projection (== mask once frozen)
+        new_ranks = truncate_groups(groups, keep, edges)
+        if hasattr(model, "nncf"):
+            model.nncf.rebuild_graph()
+        return new_ranks
+
+    def truncate(self) -> dict[str, list[int]]:
+        """Slice the live model's factor layers to the current ranks (the optimizer must be re-created: parameters
+        change shape). The plan and NNCF's saved quantizer setup follow, so a compression state saved afterwards
+        rebuilds the truncated model on resume."""
+        if self.truncated:
+            return {}
+        ranks_before = self.current_ranks()
+        groups = self.groups
+        new_ranks = self._truncate_model(self.model)
+        patch_quantization_state(self.model, groups, self._node_of)
+        for name, ranks in new_ranks.items():
+            entry = self.plan["layers"][name]
+            g = geometry_of(self.info, name)
+            entry["ranks"] = list(ranks)
+            entry["params"] = factorized_params(g, entry["method"], ranks)
+            entry["macs"] = factorized_macs(g, entry["method"], ranks)
+        assert all(new_ranks[n] == ranks_before[n] for n in new_ranks), (new_ranks, ranks_before)
+        self.info["truncated"] = True
+        self.plan["achieved_ratio"] = self.achieved_ratio
+        self.groups = []
+        self._scheduler.frozen = True
+        return new_ranks
+
+    def strip_model(self, model, do_copy: bool = False, strip_format=None):
+        """Truncate to the current ranks (a copy stays in step with nothing; the live model updates the plan)."""
+        if self.truncated:
+            return model
+        if do_copy:
+            from nncf.common.utils.backend import copy_model
+
+            model = copy_model(model)
+        if model is self.model:
+            self.truncate()
+        else:
+            self._truncate_model(model)
+        return model
+
+    # --- NNCF's controller API -----------------------------------------------------------------------------------
+    def compression_stage(self) -> CompressionStage:
+        if not self.plan["layers"]:
+            return CompressionStage.UNCOMPRESSED
+        if self.frozen:
+            return CompressionStage.FULLY_COMPRESSED
+        ratio = self.current_ratio_value()
+        if ratio <= self.rl["initial_ratio"] * (1 + 1e-9):
+            return CompressionStage.UNCOMPRESSED  # the budget has not started to tighten
+        return CompressionStage.PARTIALLY_COMPRESSED
+
+    @property
+    def compression_rate(self) -> float:
+        """Fraction of the budget metric (in the budget's scope) removed at the current ranks: 1 - 1/ratio."""
+        return 1.0 - 1.0 / self.achieved_ratio
+
+    @compression_rate.setter
+    def compression_rate(self, value: float) -> None:
+        """Project the ranks onto the budget ``1 / (1 - value)`` at once, with hard masks (the accuracy-aware loop
+        then fine-tunes at it). Ranks cannot grow beyond the initial decomposition: a smaller rate keeps them."""
+        if self.truncated:
+            raise AttributeError(f"{ALGO_NAME}: the model was truncated; its compression rate is fixed")
+        value = float(value)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{ALGO_NAME}: compression_rate must be in [0, 1), got {value}")
+        ratio = max(1.0 / (1.0 - value), 1.0)
+        self._scheduler.override_ratio = ratio
+        self.z_step(ratio, dual=False, hard=True)
+
+    @property
+    def maximal_compression_rate(self) -> float:
+        return 1.0 - self._min_cost() / self.info["dense_total"]
+
+    def disable_scheduler(self) -> None:
+        """NNCF's accuracy-aware loop replaces the scheduler by a stub; the rank state stays where it is."""
+        override = getattr(self._scheduler, "override_ratio", None)
+        frozen = getattr(self._scheduler, "frozen", False)
+        super().disable_scheduler()
+        # keep the attributes the controller reads
+        self._scheduler.override_ratio = override if override is not None else self.current_ratio_value()
+        self._scheduler.frozen = frozen
+        self._scheduler.current_ratio = self._scheduler.override_ratio
+        self._scheduler.target_ratio = self._scheduler.override_ratio
+
+    def current_ratio_value(self) -> float:
+        return getattr(self._scheduler, "current_ratio", self.achieved_ratio)
+
+    def _collect(self) -> TensorDecompositionStatistics:
+        plan = self.plan
+        ranks = self.current_ranks()
+        layers = {}
+        for name, e in plan["layers"].items():
+            g = geometry_of(self.info, name)
+            layers[name] = {**e, "ranks": ranks[name], "params": factorized_params(g, e["method"], ranks[name]),
+                            "macs": factorized_macs(g, e["method"], ranks[name])}
+        sched = self._scheduler
+        epoch = getattr(sched, "current_epoch", -1)
+        state = "truncated" if self.truncated else ("frozen" if self.frozen else "learning")
+        schedule = self.rl["schedule"]
+        extra = {
+            "Rank learning": f"{schedule}, epoch {max(epoch, 0)} of {self.rl['schedule_end']} "
+                             f"(freeze at {self.rl['freeze_epoch']}), {state}",
+            "Scheduled budget": f"{getattr(sched, 'current_ratio', self.achieved_ratio):.3f}x "
+                                f"(initial {self.rl['initial_ratio']:.3f}x, target "
+                                f"{getattr(sched, 'target_ratio', self.rl['target_ratio']):.3f}x)",
+            "Initial ranks -> now": f"{sum(sum(r) for r in self.info['initial_ranks'].values())} -> "
+                                    f"{sum(sum(r) for r in ranks.values())} rank channels",
+        }
+        return TensorDecompositionStatistics(
+            layers=layers,
+            skipped=plan["skipped"],
+            budget_metric=plan["metric"],
+            target_ratio=getattr(sched, "target_ratio", self.rl["target_ratio"]),
+            params_before=plan["model_params"],
+            params_after=plan["model_params"] - sum(e["dense_params"] - e["params"] for e in layers.values()),
+            macs_before=plan["model_macs"],
+            macs_after=plan["model_macs"] - sum(e["dense_macs"] - e["macs"] for e in layers.values()),
+            stage=self.compression_stage().name,
+            budget_scope=plan.get("budget_scope", "model"),
+            achieved_ratio=self.achieved_ratio,
+            extra=extra,
+        )
+
+
+if "pt_tensor_decomposition" not in ADAPTIVE_COMPRESSION_CONTROLLERS.registry_dict:
+    ADAPTIVE_COMPRESSION_CONTROLLERS.register("pt_tensor_decomposition")(RankLearningController)

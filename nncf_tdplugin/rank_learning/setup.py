@@ -1,0 +1,103 @@
+"""The builder hook of rank learning: budget bookkeeping kept in the plan, and the gate insertion commands.
+
+Called from ``TensorDecompositionBuilder._get_transformation_layout`` after the factor layers are in place. The plan
+is the builder's state, so what is stored here (``plan["rank_learning"]``: per-layer geometry, the fixed cost and
+dense total of the budget, the initial ranks, whether the model was truncated) is saved with the compression state
+and read back on resume, where nothing is decomposed or selected again.
+"""
+
+import dataclasses
+from typing import Any
+
+import torch
+from nncf.common.graph.transformations.commands import TargetType, TransformationPriority
+from nncf.torch.graph.transformations.commands import PTInsertionCommand, PTTargetPoint
+from nncf.torch.graph.transformations.layout import PTTransformationLayout
+
+from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError
+from nncf_tdplugin.rank_learning.gates import GATED_FACTORS, RankGate
+from nncf_tdplugin.rank_selection.cost import LayerGeometry, dense_macs, dense_params, layer_cost
+
+
+def geometry_of(info: dict, name: str) -> LayerGeometry:
+    g = dict(info["geometry"][name])
+    g["in_hw"], g["out_hw"] = tuple(g["in_hw"]), tuple(g["out_hw"])
+    return LayerGeometry(**g)
+
+
+def plan_cost(info: dict, name: str, method: str, ranks) -> float:
+    return layer_cost(geometry_of(info, name), info["metric"], method, ranks)
+
+
+def budget_info(layers, plan: dict[str, Any], cfg: TDConfig) -> dict[str, Any]:
+    """Geometry of every decomposed layer and the cost outside them, in the budget's metric and scope."""
+    metric = plan["metric"]
+    by_name = {layer.module_name: layer for layer in layers}
+
+    def dense(g: LayerGeometry) -> float:
+        return float(dense_params(g) if metric == "params" else dense_macs(g))
+
+    geometry = {name: dataclasses.asdict(by_name[name].geometry) for name in plan["layers"]}
+    decomposed_dense = sum(dense(by_name[name].geometry) for name in plan["layers"])
+    if plan.get("budget_scope", "model") == "model":
+        dense_total = float(plan["model_params"] if metric == "params" else plan["model_macs"])
+        fixed = dense_total - decomposed_dense
+    else:  # the decomposable layers only: those the selector kept dense count at their dense cost
+        prefix = f"{plan['rank_selection']}: "
+        fixed = sum(dense(by_name[n].geometry) for n, why in plan["skipped"].items()
+                    if why.startswith(prefix) and n in by_name and by_name[n].geometry is not None)
+        dense_total = fixed + decomposed_dense
+    return {
+        "metric": metric, "geometry": geometry, "fixed_cost": fixed, "dense_total": dense_total,
+        "initial_ranks": {name: list(e["ranks"]) for name, e in plan["layers"].items()},
+        "min_rank": cfg.min_rank, "rank_multiple": cfg.rank_multiple, "truncated": False,
+    }
+
+
+def gate_layout(model, layers, plan: dict[str, Any], cfg: TDConfig) -> PTTransformationLayout:
+    """Insertion commands of one :class:`RankGate` per gated factor (none once the plan says truncated)."""
+    layout = PTTransformationLayout()
+    for name, entry in plan["layers"].items():
+        if entry["method"] not in GATED_FACTORS:
+            raise TDConfigError(
+                f"{ALGO_NAME}.rank_learning: layer '{name}' is decomposed with {entry['method']!r}; rank learning "
+                f"gates 'tucker2' and 'svd' factors only (set its method in 'layers' or exclude it)"
+            )
+    if "rank_learning" not in plan:
+        plan["rank_learning"] = budget_info(layers, plan, cfg)
+        _check_reachable(plan, cfg)
+    if plan["rank_learning"]["truncated"]:
+        return layout
+    node_of = {}
+    for node in model.nncf.get_original_graph().get_all_nodes():
+        try:
+            module = model.nncf.get_containing_module(node.node_name)
+        except Exception:  # noqa: BLE001 - functional ops have no containing module
+            continue
+        node_of.setdefault(id(module), node.node_name)
+    for name, entry in plan["layers"].items():
+        container = model.get_submodule(name)
+        for producer, _, index in GATED_FACTORS[entry["method"]]:
+            factor = getattr(container, producer)
+            gate = RankGate(entry["ranks"][index]).to(factor.weight.device)
+            point = PTTargetPoint(TargetType.OPERATION_WITH_WEIGHTS, target_node_name=node_of[id(factor)])
+            layout.register(PTInsertionCommand(point, gate, TransformationPriority.SPARSIFICATION_PRIORITY))
+    return layout
+
+
+def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
+    """The target must be reachable by shrinking the gated ranks of the layers decomposed at initial_ratio."""
+    info, target = plan["rank_learning"], cfg.rank_learning["target_ratio"]
+    cost = info["fixed_cost"]
+    for name, entry in plan["layers"].items():
+        ranks = list(entry["ranks"])
+        for _, _, index in GATED_FACTORS[entry["method"]]:
+            ranks[index] = min(max(1, cfg.min_rank), ranks[index])
+        cost += plan_cost(info, name, entry["method"], ranks)
+    best = info["dense_total"] / cost if cost > 0 else float("inf")
+    if best < target:
+        raise TDConfigError(
+            f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "
+            f"decomposed {len(plan['layers'])} layer(s), whose ranks can reach at most {best:.3f}x, below "
+            f"budget.target_ratio {target}; raise initial_ratio (more layers get decomposed) or lower the target"
+        )
