@@ -1,0 +1,353 @@
+"""Budget-aware rank learning during training (rank_learning block): loss, schedule, freeze, truncation, checkpoints,
+quantization and NNCF's adaptive accuracy-aware loop, on the small low-rank CNN and synthetic data."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from nncf.api.compression import CompressionStage
+
+from nncf_tdplugin import TDConfigError
+from nncf_tdplugin.layers import DecomposedConv2d, DecomposedLinear
+from nncf_tdplugin.rank_learning import RankGate, allocate, budget_ratio
+from nncf_tdplugin.rank_learning.allocation import GroupSpec
+from nncf_tdplugin.rank_learning.controller import RankLearningController
+from nncf_tdplugin.rank_learning.truncation import edge_activation_quantizers
+from tests.models import LowRankCNN
+from tests.nncf_helpers import compress, loader, make_config
+
+X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def block(target=3.0, metric="params", **rl):
+    rank_learning = {"initial_ratio": 1.5, "update_every": 2, **rl}
+    if rl.get("schedule", "exponential") == "exponential":
+        rank_learning.setdefault("num_epochs", 2)
+    return {"algorithm": "tensor_decomposition", "budget": {"metric": metric, "target_ratio": target},
+            "rank_learning": rank_learning}
+
+
+def td_ctrl(ctrl) -> RankLearningController:
+    children = getattr(ctrl, "child_ctrls", [ctrl])
+    return next(c for c in children if isinstance(c, RankLearningController))
+
+
+def run_epochs(ctrl, model, epochs, data, steps=None, lr=0.01):
+    """NNCF's training-loop shape: epoch_step() at each epoch start, step() before each batch."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)  # no momentum: two runs from one checkpoint stay identical
+    model.train()
+    for _ in range(epochs):
+        ctrl.scheduler.epoch_step()
+        for i, (x, y) in enumerate(data):
+            if steps is not None and i >= steps:
+                break
+            ctrl.scheduler.step()
+            loss = torch.nn.functional.cross_entropy(model(x), y) + ctrl.loss()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+def fixed_data(n=32, batch_size=8):
+    return list(loader(n=n, batch_size=batch_size))
+
+
+def test_gates_sit_before_the_weight_quantizer_and_start_neutral():
+    ctrl, model = compress(td_block=block(), quantization=True)
+    td = td_ctrl(ctrl)
+    assert {g.key for g in td.groups} >= {"conv2.in_proj", "conv2.core", "conv3.in_proj", "conv3.core"}
+    for g in td.groups:
+        ops = [type(op.op).__name__ for op in g.producer.pre_ops.values()]
+        assert ops[0] == "RankGate" and "Quantizer" in ops[1], ops
+        assert g.gate.channels == g.container.ranks[g.rank_index]
+    # decomposed at the initial ratio; stage is UNCOMPRESSED until the budget starts to tighten
+    assert 1.5 <= td.achieved_ratio <= 1.5 * 1.03
+    assert td.compression_stage() == CompressionStage.UNCOMPRESSED
+    assert td.compression_rate == pytest.approx(1 - 1 / td.achieved_ratio)
+
+
+def test_loss_is_differentiable_and_shrinks_the_gates_outside_the_budget():
+    ctrl, _ = compress(td_block=block(masking="soft"), quantization=False)
+    td = td_ctrl(ctrl)
+    td.z_step(2.5)  # a tighter budget: some channels fall outside the projection
+    dropped = [(g, g.gate.keep < 0.5) for g in td.groups]
+    assert sum(int(d.sum()) for _, d in dropped) > 0
+    assert all(bool((g.gate.mask == 1).all()) for g, _ in dropped)  # soft masking: nothing masked yet
+    gates = [g.gate.gate for g in td.groups]
+    before = [p.detach().clone() for p in gates]
+    loss = ctrl.loss()
+    assert loss.requires_grad and loss.item() > 0
+    opt = torch.optim.SGD(gates, lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        loss = ctrl.loss()
+        loss.backward()
+        assert all(p.grad is not None for p in gates)
+        opt.step()
+    assert ctrl.loss().item() < loss.item()
+    for (g, d), b in zip(dropped, before):
+        if d.any():
+            assert bool((g.gate.gate.detach()[d].abs() < b[d].abs()).all())
+
+
+def test_greedy_allocation_meets_the_budget_and_drops_the_least_important_first():
+    # one SVD-like layer with 10 channels (cost 10 per channel) and one with 4 (cost 30 per channel)
+    specs = [GroupSpec("a", 0, np.linspace(0.1, 1.0, 10)), GroupSpec("b", 0, np.array([0.9, 0.8, 0.05, 0.7]))]
+    unit = {"a": 10.0, "b": 30.0}
+    result = allocate(specs, {"a": [10], "b": [4]}, lambda layer, r: unit[layer] * r[0], fixed_cost=20.0,
+                      budget_cost=150.0)
+    assert result.met and result.cost <= 150.0
+    assert not result.keep[1][2]  # the cheap-to-lose expensive channel goes first
+    assert list(result.keep[0][:3]) == [False, False, False] and result.keep[0][-1]
+    # a budget below every group's minimum is reported, not looped on
+    assert not allocate(specs, {"a": [10], "b": [4]}, lambda layer, r: unit[layer] * r[0], 20.0, 1.0).met
+
+
+def test_schedules():
+    rl = {"initial_ratio": 1.5, "target_ratio": 3.0, "schedule": "exponential", "num_epochs": 4}
+    ratios = [budget_ratio(rl, e) for e in range(6)]
+    assert ratios[0] == 1.5 and ratios[4] == ratios[5] == 3.0
+    assert all(b > a for a, b in zip(ratios[:5], ratios[1:5]))
+    assert ratios[2] == pytest.approx((1.5 * 3.0) ** 0.5)
+    ms = {**rl, "schedule": "multistep", "multistep_epochs": [1, 3], "multistep_ratios": [2.0, 3.0]}
+    assert [budget_ratio(ms, e) for e in range(5)] == [1.5, 2.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("metric,extra,quantization", [
+    ("params", {}, True),
+    ("flops", {"schedule": "multistep", "multistep_epochs": [1, 2]}, False),
+    ("params", {"masking": "soft"}, False),
+])
+def test_budget_is_met_at_the_end_of_the_schedule_and_truncation_keeps_outputs(metric, extra, quantization):
+    ctrl, model = compress(td_block=block(2.5 if metric == "flops" else 3.0, metric, **extra),
+                           quantization=quantization)
+    td = td_ctrl(ctrl)
+    target = td.rl["target_ratio"]
+    data = fixed_data()
+    stages = [td.compression_stage()]
+    ratios = []
+    for _ in range(3):
+        run_epochs(ctrl, model, 1, data)
+        stages.append(td.compression_stage())
+        ratios.append(td.achieved_ratio)
+    assert stages == [CompressionStage.UNCOMPRESSED, CompressionStage.UNCOMPRESSED,
+                      CompressionStage.PARTIALLY_COMPRESSED, CompressionStage.FULLY_COMPRESSED]
+    assert ratios[0] < ratios[1] < target <= ratios[2] <= target * 1.05
+    stats = ctrl.statistics()
+    assert stats.tensor_decomposition.achieved_ratio == pytest.approx(ratios[2])
+    text = stats.to_str()
+    assert "Scheduled budget" in text and "frozen" in text and f"{target:.3f}x" in text
+    assert float(ctrl.loss()) == 0.0
+    ranks = td.current_ranks()
+    for g in td.groups:  # masks are the final projection
+        assert torch.equal(g.gate.mask, g.gate.keep)
+
+    model.eval()
+    with torch.no_grad():
+        before = model(X)
+        stripped = ctrl.strip()
+        after = stripped(X)
+    assert torch.allclose(before, after, atol=1e-5, rtol=1e-4), (before - after).abs().max()
+    for name, r in ranks.items():
+        layer = stripped.get_submodule(name)
+        assert list(layer.ranks) == r
+        assert layer.in_proj.weight.shape[0] == r[-1]
+        if layer.method == "tucker2":
+            assert tuple(layer.core.weight.shape[:2]) == (r[0], r[1])
+            assert layer.out_proj.weight.shape[1] == r[0]
+        assert not any(isinstance(op.op, RankGate) for m in layer.children() for op in m.pre_ops.values())
+    assert any(isinstance(g.gate, RankGate) for g in td.groups)  # the live model was not touched by strip()
+
+
+def test_checkpoint_mid_schedule_resumes_with_the_same_ranks():
+    data = fixed_data()
+    ctrl, model = compress(td_block=block(num_epochs=3), quantization=True)
+    run_epochs(ctrl, model, 1, data)
+    run_epochs(ctrl, model, 1, data, steps=3)  # mid-epoch, mid-schedule
+    td = td_ctrl(ctrl)
+    assert td.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED
+    buffer = io.BytesIO()
+    torch.save({"state": ctrl.get_compression_state(), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    from nncf.common.quantization.structs import QuantizationScheme
+    with torch.serialization.safe_globals([CompressionStage, QuantizationScheme]):
+        checkpoint = torch.load(buffer, weights_only=True)
+
+    ctrl2, model2 = compress(LowRankCNN(noise=0.5), td_block=block(num_epochs=3),
+                             compression_state=checkpoint["state"])
+    model2.load_state_dict(checkpoint["model"])
+    td2 = td_ctrl(ctrl2)
+    s1, s2 = td.scheduler.get_state(), td2.scheduler.get_state()
+    assert s1 == s2 and s2["current_epoch"] == 1 and s2["step_in_epoch"] == 3
+    assert td2.current_ranks() == td.current_ranks()
+    assert td2.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED
+    model.eval(), model2.eval()
+    assert torch.equal(model(X), model2(X))
+    # both continue the schedule identically
+    rest = data[3:]
+    run_epochs(ctrl, model, 1, rest, steps=1)
+    run_epochs(ctrl2, model2, 1, rest, steps=1)
+    for _ in range(2):
+        run_epochs(ctrl, model, 1, data)
+        run_epochs(ctrl2, model2, 1, data)
+    assert td.compression_stage() == td2.compression_stage() == CompressionStage.FULLY_COMPRESSED
+    assert td2.current_ranks() == td.current_ranks()
+
+
+def test_truncate_during_training_with_quantization_and_resume_from_the_truncated_state(tmp_path):
+    data = fixed_data()
+    ctrl, model = compress(td_block=block(), quantization=True)
+    run_epochs(ctrl, model, 3, data)  # frozen at the start of epoch 2, masks kept
+    td = td_ctrl(ctrl)
+    assert td.frozen and not td.truncated
+    ranks = td.current_ranks()
+    model.eval()
+    with torch.no_grad():
+        masked = model(X)
+    assert td.truncate() == ranks
+    assert td.truncated and td.groups == [] and td.current_ranks() == ranks
+    model.eval()
+    with torch.no_grad():
+        truncated = model(X)
+    assert torch.allclose(masked, truncated, atol=1e-5, rtol=1e-4), (masked - truncated).abs().max()
+    assert tuple(model.conv3.core.weight.shape[:2]) == tuple(ranks["conv3"])
+    assert td.achieved_ratio >= td.rl["target_ratio"]
+    # the weight quantizer of a truncated factor has one scale per kept channel
+    wq = [op.op for op in model.conv3.core.pre_ops.values()][0]
+    assert wq.scale.shape[0] == ranks["conv3"][0]
+    assert ctrl.statistics().tensor_decomposition.layers["conv3"]["ranks"] == ranks["conv3"]
+    run_epochs(ctrl, model, 1, data)  # training goes on with a new optimizer
+    state, weights = ctrl.get_compression_state(), model.state_dict()
+    ctrl2, model2 = compress(LowRankCNN(), td_block=block(), compression_state=state)
+    model2.load_state_dict(weights)
+    model.eval(), model2.eval()
+    assert torch.equal(model(X), model2(X))
+    assert td_ctrl(ctrl2).current_ranks() == td.current_ranks()
+    assert td_ctrl(ctrl2).compression_stage() == CompressionStage.FULLY_COMPRESSED
+    path = tmp_path / "model.onnx"
+    ctrl2.export_model(str(path))
+    import onnx
+
+    graph = onnx.load(str(path)).graph  # quantized weights are Constant nodes (the FakeQuantize folds later)
+    shapes = [list(i.dims) for i in graph.initializer]
+    shapes += [list(a.t.dims) for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    assert [ranks["conv3"][0], ranks["conv3"][1], 3, 3] in shapes
+
+
+def test_truncate_at_freeze():
+    data = fixed_data()
+    ctrl, model = compress(td_block=block(truncate_at_freeze=True), quantization=False)
+    run_epochs(ctrl, model, 2, data)
+    td = td_ctrl(ctrl)
+    assert not td.truncated
+    ctrl.scheduler.epoch_step()  # epoch 2: freeze, then truncate
+    assert td.truncated and td.compression_stage() == CompressionStage.FULLY_COMPRESSED
+    assert list(model.conv3.ranks) == td.current_ranks()["conv3"]
+    run_epochs(ctrl, model, 1, data)  # a new optimizer trains the truncated model
+
+
+def test_compression_rate_is_settable_in_learning_mode_only():
+    ctrl, _ = compress(td_block=block(), quantization=False)
+    td = td_ctrl(ctrl)
+    assert 0 < td.compression_rate < td.maximal_compression_rate < 1
+    td.compression_rate = 0.6
+    assert td.achieved_ratio >= 1 / 0.4 and td.compression_stage() == CompressionStage.FULLY_COMPRESSED
+    assert all(torch.equal(g.gate.mask, g.gate.keep) for g in td.groups)
+    td.compression_rate = 0.5  # back to a milder budget: masked channels come back
+    assert 2.0 <= td.achieved_ratio < 1 / 0.4
+    fixed, _ = compress(quantization=False)
+    with pytest.raises(AttributeError, match="budget.target_ratio"):
+        fixed.compression_rate = 0.5
+
+
+def test_adaptive_accuracy_aware_training_loop_drives_the_rate(tmp_path):
+    from nncf.common.accuracy_aware_training import create_accuracy_aware_training_loop
+    from nncf.torch import create_compressed_model
+
+    config = make_config(block(num_epochs=1), quantization=False)
+    config["accuracy_aware_training"] = {
+        "mode": "adaptive_compression_level",
+        "params": {"maximal_absolute_accuracy_degradation": 100.0, "initial_training_phase_epochs": 1,
+                   "patience_epochs": 1, "maximal_total_epochs": 3, "initial_compression_rate_step": 0.1,
+                   "minimal_compression_rate_step": 0.05},
+    }
+    ctrl, model = create_compressed_model(LowRankCNN(), config)
+    data = fixed_data(16)
+    rates = []
+
+    def train_epoch_fn(compression_ctrl, model, epoch=None, optimizer=None, lr_scheduler=None):
+        model.train()
+        for x, y in data:
+            compression_ctrl.scheduler.step()
+            loss = torch.nn.functional.cross_entropy(model(x), y) + compression_ctrl.loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        rates.append(compression_ctrl.compression_rate)
+
+    def validate_fn(model, epoch=None):
+        return 50.0  # always within the (huge) tolerated drop: the loop keeps raising the rate
+
+    def configure_optimizers_fn():
+        return torch.optim.SGD(model.parameters(), lr=0.01), None
+
+    loop = create_accuracy_aware_training_loop(config, ctrl, uncompressed_model_accuracy=60.0,
+                                               dump_checkpoints=False)
+    assert loop.adaptive_controller is ctrl
+    model = loop.run(model, train_epoch_fn=train_epoch_fn, validate_fn=validate_fn,
+                     configure_optimizers_fn=configure_optimizers_fn, log_dir=str(tmp_path))
+    assert len(rates) >= 2 and max(rates) > rates[0]
+    assert ctrl.compression_stage() == CompressionStage.FULLY_COMPRESSED
+
+
+@pytest.mark.parametrize("rl,extra,message", [
+    ({"initial_ratio": 4.0}, {}, r"tensor_decomposition\.rank_learning\.initial_ratio: 4\.0 must be smaller than"),
+    ({"schedule": "linear"}, {}, r"tensor_decomposition\.rank_learning\.schedule: 'linear' is not one of"),
+    ({"schedule": "multistep"}, {}, r"rank_learning\.multistep_epochs: required with schedule 'multistep'"),
+    ({"schedule": "multistep", "multistep_epochs": [2, 1]}, {}, r"multistep_epochs: \[2, 1\] must be strictly"),
+    ({"schedule": "multistep", "multistep_epochs": [1, 2], "multistep_ratios": [2.0, 2.5]}, {},
+     r"rank_learning\.multistep_ratios: the last ratio \(2\.5\) must equal budget\.target_ratio"),
+    ({"multistep_epochs": [1]}, {}, r"rank_learning\.multistep_epochs: only used with schedule 'multistep'"),
+    ({"num_epochs": 3, "freeze_epoch": 2}, {}, r"rank_learning\.freeze_epoch: 2 is before the end"),
+    ({"regularization": -1}, {}, r"rank_learning\.regularization: -1 is less than the minimum of 0"),
+    ({"update_every": 0}, {}, r"rank_learning\.update_every: 0 is less than the minimum of 1"),
+    ({"gates": True}, {}, r"tensor_decomposition\.rank_learning: unknown key\(s\) \['gates'\]"),
+    ({}, {"method": "cp"}, r"tensor_decomposition\.method: rank_learning gates the channels"),
+    ({}, {"budget": {"metric": "latency", "target_ratio": 2.0}},
+     r"tensor_decomposition\.budget\.metric: rank_learning supports 'params' and 'flops'"),
+    ({}, {"rank_selection": "fraction", "rank_fraction": 0.5, "budget": None},
+     r"tensor_decomposition\.rank_learning: needs a global budget"),
+])
+def test_config_errors_name_the_key(rl, extra, message):
+    section = {"algorithm": "tensor_decomposition", "budget": {"target_ratio": 3.0}, "rank_learning": rl, **extra}
+    section = {k: v for k, v in section.items() if v is not None}
+    with pytest.raises(TDConfigError, match=message):
+        compress(td_block=section, quantization=False)
+
+
+def test_decomposed_layers_are_tucker2_or_svd_containers():
+    _, model = compress(td_block=block(), quantization=False)
+    layers = [m for m in model.modules() if isinstance(m, (DecomposedConv2d, DecomposedLinear))]
+    assert layers and all(m.method in ("tucker2", "svd") for m in layers)
+
+
+def test_per_channel_activation_quantizers_on_gated_edges_are_sliced_too():
+    from nncf.torch import create_compressed_model, register_default_init_args
+
+    config = make_config(block(), quantization=True)
+    config["target_device"] = "TRIAL"  # the CPU HW config has per-tensor activations only
+    config["compression"][1]["activations"] = {"per_channel": True}
+    config["compression"][1]["initializer"]["range"] = {"num_init_samples": 8, "type": "min_max"}
+    config = register_default_init_args(config, loader())
+    ctrl, model = create_compressed_model(LowRankCNN(), config)
+    td = td_ctrl(ctrl)
+    edges = edge_activation_quantizers(model, td.groups, td._node_of)
+    assert edges, "expected per-channel activation quantizers between factors"
+    run_epochs(ctrl, model, 3, fixed_data())
+    model.eval()
+    with torch.no_grad():
+        before = model(X)
+        after = ctrl.strip()(X)
+    assert torch.allclose(before, after, atol=1e-5, rtol=1e-4), (before - after).abs().max()
