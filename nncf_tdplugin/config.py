@@ -266,6 +266,11 @@ TD_SCHEMA: dict[str, Any] = {
                 "admm_rho": {"type": "number", "minimum": 0, "default": 0.01,
                              "description": "Weight rho of the ADMM proximity term rho/2 * sum((g - z + u)^2) between "
                              "the gates g and their projection z onto the current budget (u: scaled dual)."},
+                "steps_per_epoch": {**_POSITIVE_INT,
+                                    "description": "Training steps (scheduler.step() calls) per epoch, as in NNCF's "
+                                    "sparsity schedulers: with it the 'exponential' budget tightens at every Z-step "
+                                    "from the first epoch on; without it the scheduler counts the steps of the first "
+                                    "epoch, during which the budget stays at 'initial_ratio'."},
                 "update_every": {**_POSITIVE_INT, "default": 50,
                                  "description": "Training steps (scheduler.step() calls) between Z-steps: "
                                  "re-projection onto the current budget and dual update."},

@@ -13,6 +13,7 @@ from nncf_tdplugin.layers import DecomposedConv2d, DecomposedLinear
 from nncf_tdplugin.rank_learning import RankGate, allocate, budget_ratio
 from nncf_tdplugin.rank_learning.allocation import GroupSpec
 from nncf_tdplugin.rank_learning.controller import RankLearningController
+from nncf_tdplugin.rank_learning.schedules import RankLearningScheduler
 from nncf_tdplugin.rank_learning.truncation import edge_activation_quantizers
 from tests.models import LowRankCNN
 from tests.nncf_helpers import compress, loader, make_config
@@ -113,6 +114,26 @@ def test_schedules():
     assert ratios[2] == pytest.approx((1.5 * 3.0) ** 0.5)
     ms = {**rl, "schedule": "multistep", "multistep_epochs": [1, 3], "multistep_ratios": [2.0, 3.0]}
     assert [budget_ratio(ms, e) for e in range(5)] == [1.5, 2.0, 2.0, 3.0, 3.0]
+
+
+def test_steps_per_epoch_tightens_the_budget_within_the_first_epoch():
+    class Recorder:
+        def __init__(self):
+            self.ratios = []
+
+        def z_step(self, ratio):
+            self.ratios.append(ratio)
+
+    rl = {"initial_ratio": 1.5, "target_ratio": 3.0, "schedule": "exponential", "num_epochs": 2, "update_every": 2,
+          "freeze_epoch": 2}
+    for steps_per_epoch, rises_in_first_epoch in ((None, False), (4, True)):
+        recorder = Recorder()
+        sched = RankLearningScheduler(recorder, {**rl, "steps_per_epoch": steps_per_epoch})
+        sched.epoch_step()
+        for _ in range(4):
+            sched.step()
+        assert (recorder.ratios[-1] > 1.5) == rises_in_first_epoch, recorder.ratios
+        assert sched.current_ratio == pytest.approx(1.5 * 2 ** 0.5 if steps_per_epoch else 1.5)
 
 
 @pytest.mark.parametrize("metric,extra,quantization", [

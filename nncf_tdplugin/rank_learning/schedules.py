@@ -4,7 +4,8 @@ The budget is a ratio ``dense cost / compressed cost`` in the metric and scope o
 ``rank_learning.initial_ratio`` and reaches ``budget.target_ratio`` at the end of the schedule:
 
 - ``exponential``: ``r(t) = r0 * (rT / r0) ** (t / E)`` for ``t`` in epochs (fractional within an epoch once the
-  number of steps per epoch is known, i.e. from the second epoch on), ``E = num_epochs``. The allowed cost
+  number of steps per epoch is known: ``steps_per_epoch`` if configured, else counted in the first epoch and used
+  from the second on), ``E = num_epochs``. The allowed cost
   ``C / r(t)`` thus decays exponentially, like NNCF's exponential sparsity schedule of the density.
 - ``multistep``: ``r = r0`` before ``multistep_epochs[0]``, then ``multistep_ratios[i]`` from epoch
   ``multistep_epochs[i]`` on (NNCF's multistep schedule).
@@ -46,7 +47,7 @@ class RankLearningScheduler(BaseCompressionScheduler):
         self._controller = controller
         self._rl = rl
         self.step_in_epoch = 0
-        self.steps_per_epoch: Optional[int] = None
+        self.steps_per_epoch: Optional[int] = rl.get("steps_per_epoch")  # else counted in the first epoch
         self.frozen = False
         self.override_ratio: Optional[float] = None  # set through compression_rate (accuracy-aware training)
         self.z_steps = 0
