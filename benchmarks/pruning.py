@@ -14,9 +14,14 @@ import torch
 from openvino._offline_transformations import apply_pruning_transformation
 
 
-def pruning_block(flops_ratio: float) -> dict:
-    """A ``filter_pruning`` block that prunes to ``1/flops_ratio`` of the FLOPs at once (no schedule)."""
+def pruning_block(flops_ratio: float, steps: int = 0) -> dict:
+    """A ``filter_pruning`` block that prunes to ``1/flops_ratio`` of the FLOPs at once (``steps`` 0), or gradually
+    from nothing over ``steps`` epochs (NNCF's exponential schedule of the pruning level, as in training)."""
     rate = 1.0 - 1.0 / float(flops_ratio)
+    if steps:
+        return {"algorithm": "filter_pruning", "pruning_init": 0.0,
+                "params": {"schedule": "exponential", "pruning_flops_target": rate, "num_init_steps": 0,
+                           "pruning_steps": int(steps), "prune_downsample_convs": True}}
     return {"algorithm": "filter_pruning", "pruning_init": rate,
             "params": {"pruning_flops_target": rate, "num_init_steps": 0, "pruning_steps": 0,
                        "prune_downsample_convs": True}}

@@ -75,20 +75,26 @@ class TensorDecompositionController(PTCompressionAlgorithmController):
         )
 
     def _collect(self) -> TensorDecompositionStatistics:
-        plan, layers = self.plan, self.plan["layers"]
+        plan = self.plan
+        return self._statistics(plan["layers"], plan["target_ratio"], plan.get("achieved_ratio"),
+                                latency_rows(plan.get("latency")))
+
+    def _statistics(self, layers: dict, target_ratio: float, achieved_ratio, extra) -> TensorDecompositionStatistics:
+        """The statistics of ``layers`` (plan entries with their current ranks and costs)."""
+        plan = self.plan
         return TensorDecompositionStatistics(
             layers=layers,
             skipped=plan["skipped"],
             budget_metric=plan["metric"],
-            target_ratio=plan["target_ratio"],
+            target_ratio=target_ratio,
             params_before=plan["model_params"],
             params_after=plan["model_params"] - sum(e["dense_params"] - e["params"] for e in layers.values()),
             macs_before=plan["model_macs"],
             macs_after=plan["model_macs"] - sum(e["dense_macs"] - e["macs"] for e in layers.values()),
             stage=self.compression_stage().name,
             budget_scope=plan.get("budget_scope", "model"),
-            achieved_ratio=plan.get("achieved_ratio"),
-            extra=latency_rows(plan.get("latency")),
+            achieved_ratio=achieved_ratio,
+            extra=extra,
         )
 
     def statistics(self, quickly_collected_only: bool = False) -> NNCFStatistics:

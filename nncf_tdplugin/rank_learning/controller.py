@@ -285,20 +285,8 @@ class RankLearningController(TensorDecompositionController):
             "Initial ranks -> now": f"{sum(sum(r) for r in self.info['initial_ranks'].values())} -> "
                                     f"{sum(sum(r) for r in ranks.values())} rank channels",
         }
-        return TensorDecompositionStatistics(
-            layers=layers,
-            skipped=plan["skipped"],
-            budget_metric=plan["metric"],
-            target_ratio=getattr(sched, "target_ratio", self.rl["target_ratio"]),
-            params_before=plan["model_params"],
-            params_after=plan["model_params"] - sum(e["dense_params"] - e["params"] for e in layers.values()),
-            macs_before=plan["model_macs"],
-            macs_after=plan["model_macs"] - sum(e["dense_macs"] - e["macs"] for e in layers.values()),
-            stage=self.compression_stage().name,
-            budget_scope=plan.get("budget_scope", "model"),
-            achieved_ratio=self.achieved_ratio,
-            extra=extra,
-        )
+        return self._statistics(layers, getattr(sched, "target_ratio", self.rl["target_ratio"]), self.achieved_ratio,
+                                extra)
 
 
 if "pt_tensor_decomposition" not in ADAPTIVE_COMPRESSION_CONTROLLERS.registry_dict:

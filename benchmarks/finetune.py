@@ -1,0 +1,207 @@
+"""Fine-tuning benchmark on Fashion-MNIST (issue 4): accuracy, FLOPs/parameter reduction and OpenVINO latency of
+(1) data-free search + fine-tune, (2) budget-aware rank learning during fine-tuning, (3) uniform ranks + fine-tune and
+(4) NNCF's filter_pruning at the same FLOPs reduction, all with the same number of fine-tuning epochs, starting from
+the cached trained ResNet-18-style classifier (benchmarks/data_models/fashion_mnist.py, 4 epochs, 92.88% test
+accuracy).
+
+    python benchmarks/finetune.py --json benchmarks/results/finetune.json                # hours on 2 cores
+    python benchmarks/finetune.py --json /tmp/finetune_quick.json --quick                # minutes, small subsets
+
+Rows: method, budget (metric:ratio), flops_ratio and params_ratio (MACs and weights of the Convolution/MatMul ops
+of the exported IRs, against the dense IR: the same count for every method, pruning included), test_accuracy (f32,
+after fine-tuning), baseline_accuracy, epochs, latency_ms_default (f32 IR at the CPU's default precision) and
+latency_ms_int8 (the same IR quantized post-training by NNCF's OpenVINO backend on training images); each latency in
+its own processes (nncf_tdplugin.export.measure_many). The filter-pruning IR is made physically smaller with
+OpenVINO's pruning transformation (benchmarks/pruning.py). Pruning targets the FLOPs ratio that the search row of
+the same budget reached, gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as rank learning
+shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes. A budget
+``latency:R`` (per-layer OpenVINO cost model at the default precision) is run by the fixed-rank methods only.
+"""
+
+import argparse
+import copy
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
+
+import nncf_tdplugin  # noqa: F401  (first: enables NNCF's tracing and registers the algorithm)
+import nncf
+import numpy as np
+import openvino as ov
+import torch
+from nncf.torch import create_compressed_model, register_default_init_args
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "samples"))
+from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
+from benchmarks.data_models.fashion_mnist import (  # noqa: E402
+    evaluate,
+    fashion_mnist_loaders,
+    get_trained_resnet_fmnist,
+)
+from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
+from fashion_mnist_rank_learning import finetune  # noqa: E402
+from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
+
+COLUMNS = ["method", "budget", "flops_ratio", "params_ratio", "test_accuracy", "baseline_accuracy", "epochs",
+           "latency_ms_default", "latency_ms_int8", "precision_default", "precision_int8", "achieved_ratio", "seconds"]
+INPUT = [1, 1, 28, 28]
+
+
+def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: int, steps_per_epoch: int,
+             latency_threads: int) -> dict:
+    block = {"algorithm": "tensor_decomposition", "budget": {"metric": metric, "target_ratio": ratio}}
+    if metric == "latency":  # the per-layer OpenVINO cost model, at the precision and threads the rows are timed at
+        block["latency"] = {"precision": "default", "threads": latency_threads}
+    if method == "uniform":
+        block["rank_selection"] = "uniform"
+    elif method == "rank_learning":
+        # the ranks shrink over all but the last epoch, which fine-tunes at the final ranks
+        block["rank_learning"] = {"initial_ratio": round(ratio ** 0.5, 4), "num_epochs": max(1, epochs - 1),
+                                  "update_every": update_every, "steps_per_epoch": steps_per_epoch}
+    return block
+
+
+def quantize_ir(xml: pathlib.Path, calibration: list, out: pathlib.Path) -> pathlib.Path:
+    """Post-training INT8 quantization of an f32 IR with NNCF's OpenVINO backend."""
+    model = ov.Core().read_model(str(xml))
+    quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration))
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return out
+
+
+def run_method(name, budget, base_model, loaders, args, out_dir, calibration, baseline, flops_for_pruning=None):
+    train_loader, test_loader = loaders
+    metric, ratio = budget
+    model = copy.deepcopy(base_model)
+    start = time.perf_counter()
+    if name == "filter_pruning":
+        config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
+                                            "compression": [pruning_block(flops_for_pruning, steps=max(0, args.epochs - 1))]})
+    else:
+        method = {"search+finetune": "search", "rank_learning": "rank_learning", "uniform+finetune": "uniform"}[name]
+        config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
+                                            "compression": [td_block(metric, ratio, method, args.epochs,
+                                                                     args.update_every, len(train_loader),
+                                                                     args.latency_threads)]})
+    config = register_default_init_args(config, train_loader)
+    ctrl, compressed = create_compressed_model(model, config)
+    finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None))
+    accuracy = evaluate(compressed, test_loader, progress=False)
+    tag = f"{name.replace('+', '_')}_{metric}{ratio:g}"
+    example = torch.randn(*INPUT)
+    if name == "filter_pruning":
+        xml = export_pruned_ir(ctrl, example, out_dir / f"{tag}.xml")
+        achieved = None
+    else:
+        xml = export_openvino(ctrl, example, out_dir / f"{tag}.xml")
+        td = next(c for c in getattr(ctrl, "child_ctrls", [ctrl]) if c.name == "tensor_decomposition")
+        achieved = td.statistics().tensor_decomposition.achieved_ratio
+    int8 = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml")
+    cost = ir_cost(xml, INPUT)
+    return {"method": name, "budget": f"{metric}:{ratio:g}", "flops_ratio": baseline["macs"] / cost["macs"],
+            "params_ratio": baseline["weights"] / cost["weights"], "test_accuracy": accuracy,
+            "baseline_accuracy": baseline["accuracy"], "epochs": args.epochs, "achieved_ratio": achieved,
+            "seconds": time.perf_counter() - start, "_xml": str(xml), "_int8": str(int8)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", required=True, help="output rows")
+    parser.add_argument("--quick", action="store_true",
+                        help="one budget (flops:3), 2 epochs of 2000 images, 2000 test images, fewer timings")
+    parser.add_argument("--budgets", default="flops:3,params:5", help="metric:ratio,... (default flops:3,params:5)")
+    parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--train-subset", type=int)
+    parser.add_argument("--test-subset", type=int)
+    parser.add_argument("--update-every", type=int, default=50, help="rank learning: steps between Z-steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--latency-threads", type=int, default=2)
+    parser.add_argument("--out-dir", default="out/finetune")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.budgets = "flops:3" if args.budgets == parser.get_default("budgets") else args.budgets
+        args.epochs = 2 if args.epochs == parser.get_default("epochs") else args.epochs
+        args.train_subset = args.train_subset or 2000
+        args.test_subset = args.test_subset or 2000
+        args.update_every = 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet_nncf()
+    torch.manual_seed(0)
+    out_dir = pathlib.Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    budgets = [(b.split(":")[0], float(b.split(":")[1])) for b in args.budgets.split(",")]
+    methods = args.methods.split(",")
+
+    base, _ = get_trained_resnet_fmnist()
+    train_loader, test_loader = fashion_mnist_loaders(128, train_subset=args.train_subset)
+    if args.test_subset:
+        test_loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(test_loader.dataset, range(args.test_subset)), batch_size=512)
+    calibration = [x[:1].numpy() for (x, _), _ in zip(fashion_mnist_loaders(1, augment=False)[0], range(64))]
+    example = torch.randn(*INPUT)
+    dense_xml = export_openvino(base, example, out_dir / "dense.xml")
+    baseline = {"accuracy": evaluate(base, test_loader, progress=False), **ir_cost(dense_xml, INPUT)}
+    rows = [{"method": "dense", "budget": "-", "flops_ratio": 1.0, "params_ratio": 1.0,
+             "test_accuracy": baseline["accuracy"], "baseline_accuracy": baseline["accuracy"], "epochs": 0,
+             "_xml": str(dense_xml), "_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
+    for budget in budgets:
+        search_flops = None
+        for name in methods:
+            if name == "rank_learning" and budget[0] == "latency":
+                print(f"skip rank_learning at {budget[0]}:{budget[1]:g}: it learns ranks under params or flops budgets")
+                continue
+            if name == "filter_pruning":
+                ratio = search_flops or (budget[1] if budget[0] == "flops" else None)
+                if ratio is None:
+                    print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
+                    continue
+            print(f"== {name} at {budget[0]}:{budget[1]:g}", flush=True)
+            try:
+                row = run_method(name, budget, base, (train_loader, test_loader), args, out_dir, calibration,
+                                 baseline, flops_for_pruning=search_flops or budget[1])
+            except Exception as e:  # noqa: BLE001 - a failing method must not lose the other rows
+                print(f"   failed: {type(e).__name__}: {e}", flush=True)
+                rows.append({"method": name, "budget": f"{budget[0]}:{budget[1]:g}", "error": str(e)})
+                continue
+            if name == "search+finetune":
+                search_flops = row["flops_ratio"]
+            rows.append(row)
+            print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
+                  f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
+    timed = [r for r in rows if "_xml" in r]
+    iterations, repeats = (30, 2) if args.quick else (100, 5)
+    for key, latency_key in (("_xml", "latency_ms_default"), ("_int8", "latency_ms_int8")):
+        # every row of a column at one precision: the CPU's default, or f32 for all of them if OpenVINO cannot
+        # compile one of the IRs at the default (seen for the INT8 IRs of this network on an AVX512-BF16 CPU:
+        # "No suitable implementations"); INT8 layers run in INT8 either way, the hint sets the precision of the rest
+        for precision in ("default", "f32"):
+            try:  # interleaved, each repeat of each IR in its own process
+                results = measure_many([(r[key], INPUT) for r in timed], precision=precision,
+                                       threads=args.latency_threads, iterations=iterations, repeats=repeats)
+            except RuntimeError as e:
+                print(f"{latency_key} at {precision} precision failed ({str(e).strip().splitlines()[-1][:160]}); "
+                      f"timing every row of it at f32")
+                continue
+            for r, result in zip(timed, results):
+                r[latency_key], r[latency_key.replace("latency_ms", "precision")] = result.median_ms, precision
+            break
+    for r in rows:
+        r.pop("_xml", None), r.pop("_int8", None)
+        r.setdefault("train_subset", args.train_subset)
+        r.setdefault("test_subset", args.test_subset)
+    write_and_print(rows, COLUMNS, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Report of a benchmarks/finetune.py run: a markdown table, the issue-4 targets checked against the rows, and the
+accuracy-vs-latency plot (one panel per latency column).
+
+    python benchmarks/finetune_report.py benchmarks/results/finetune.json --plot docs/finetune_accuracy_latency.png
+
+Targets (issue 4), with "ours" = search+finetune and rank_learning:
+- flops ~3x: the best of ours within 0.3 points of the dense model;
+- params ~5x: the best of ours within 1 point;
+- at every budget, the best of ours ahead of uniform+finetune and filter_pruning in accuracy;
+- every filter_pruning point dominated by a point of ours (higher accuracy at equal or lower latency), for each
+  latency column.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+OURS = ("search+finetune", "rank_learning")
+LATENCIES = (("latency_ms_default", "default precision"), ("latency_ms_int8", "INT8"))
+MARKERS = {"dense": ("k", "*"), "search+finetune": ("tab:blue", "o"), "rank_learning": ("tab:green", "s"),
+           "uniform+finetune": ("tab:orange", "^"), "filter_pruning": ("tab:red", "v")}
+
+
+def _ok(rows):
+    return [r for r in rows if "error" not in r and r.get("test_accuracy") is not None]
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| method | budget | FLOPs ratio | params ratio | test accuracy | vs dense | epochs | latency default ms | "
+           "latency INT8 ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['method']} | {r['budget']} | failed: {r['error'][:80]} | | | | | | |")
+            continue
+        delta = 100 * (r["test_accuracy"] - r["baseline_accuracy"])
+
+        def ms(key):
+            value = r.get(key)
+            suffix = "" if r.get(key.replace("latency_ms", "precision"), "default") == "default" else " (f32)"
+            return "" if value is None else f"{value:.3f}{suffix}"
+
+        out.append(f"| {r['method']} | {r['budget']} | {r['flops_ratio']:.2f} | {r['params_ratio']:.2f} | "
+                   f"{100 * r['test_accuracy']:.2f}% | {delta:+.2f} | {r['epochs']} | "
+                   f"{ms('latency_ms_default')} | {ms('latency_ms_int8')} |")
+    return "\n".join(out)
+
+
+def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
+    """(target, met, evidence) for each issue-4 target the rows can answer."""
+    rows = _ok(rows)
+    results = []
+    budgets = sorted({r["budget"] for r in rows if r["method"] != "dense"})
+    for budget in budgets:
+        at = [r for r in rows if r["budget"] == budget]
+        ours = [r for r in at if r["method"] in OURS]
+        if not ours:
+            continue
+        best = max(ours, key=lambda r: r["test_accuracy"])
+        drop = 100 * (best["baseline_accuracy"] - best["test_accuracy"])
+        metric, _, ratio = budget.partition(":")
+        limit = {"flops": 0.3, "params": 1.0}.get(metric) if metric in ("flops", "params") else None
+        if limit is not None:
+            reached = best["flops_ratio" if metric == "flops" else "params_ratio"]
+            results.append((f"{budget}: best of ours within {limit} points of dense",
+                            drop <= limit, f"{best['method']} {drop:+.2f} points below dense at {reached:.2f}x"))
+        others = [r for r in at if r["method"] in ("uniform+finetune", "filter_pruning")]
+        for other in others:
+            results.append((f"{budget}: ours ahead of {other['method']}", best["test_accuracy"] > other["test_accuracy"],
+                            f"{100 * best['test_accuracy']:.2f}% vs {100 * other['test_accuracy']:.2f}%"))
+    pruning = [r for r in rows if r["method"] == "filter_pruning"]
+    ours = [r for r in rows if r["method"] in OURS]
+    for key, label in LATENCIES:
+        for p in pruning:
+            if p.get(key) is None:
+                continue
+            dominating = [o for o in ours if o.get(key) is not None and o[key] <= p[key]
+                          and o["test_accuracy"] > p["test_accuracy"]]
+            best = max(dominating, key=lambda o: o["test_accuracy"], default=None)
+            evidence = (f"pruning {p['budget']} {100 * p['test_accuracy']:.2f}% at {p[key]:.3f} ms; " +
+                        (f"{best['method']} {best['budget']} {100 * best['test_accuracy']:.2f}% at {best[key]:.3f} ms"
+                         if best else "no point of ours is both as fast and more accurate"))
+            results.append((f"filter_pruning {p['budget']} dominated ({label})", best is not None, evidence))
+    return results
+
+
+def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _ok(rows)
+    fig, axes = plt.subplots(1, len(LATENCIES), figsize=(6 * len(LATENCIES), 4.5))
+    for ax, (key, label) in zip(axes, LATENCIES):
+        seen = set()
+        for r in rows:
+            if r.get(key) is None:
+                continue
+            color, marker = MARKERS.get(r["method"], ("grey", "x"))
+            ax.scatter(r[key], 100 * r["test_accuracy"], c=color, marker=marker, s=60,
+                       label=None if r["method"] in seen else r["method"])
+            seen.add(r["method"])
+            if r["method"] != "dense":
+                ax.annotate(r["budget"], (r[key], 100 * r["test_accuracy"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+        precision = {r.get(key.replace("latency_ms", "precision")) for r in rows} - {None, "default"}
+        ax.set_xlabel(f"OpenVINO latency, ms ({label}{', some at f32' if precision else ''})")
+        ax.set_ylabel("Fashion-MNIST test accuracy, %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json")
+    parser.add_argument("--plot", help="write the accuracy-vs-latency plot here (PNG)")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    rows = json.loads(pathlib.Path(args.json).read_text())
+    print(table(rows))
+    print()
+    for name, met, evidence in targets(rows):
+        print(f"- {'MET' if met else 'NOT MET'}: {name} ({evidence})")
+    if args.plot:
+        plot(rows, pathlib.Path(args.plot), args.title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
