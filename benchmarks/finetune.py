@@ -25,6 +25,7 @@ import os
 import pathlib
 import sys
 import time
+import traceback
 
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
 
@@ -81,14 +82,16 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     model = copy.deepcopy(base_model)
     start = time.perf_counter()
     if name == "filter_pruning":
-        config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
-                                            "compression": [pruning_block(flops_for_pruning, steps=max(0, args.epochs - 1))]})
+        block = pruning_block(flops_for_pruning, steps=max(0, args.epochs - 1))
     else:
         method = {"search+finetune": "search", "rank_learning": "rank_learning", "uniform+finetune": "uniform"}[name]
-        config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
-                                            "compression": [td_block(metric, ratio, method, args.epochs,
-                                                                     args.update_every, len(train_loader),
-                                                                     args.latency_threads)]})
+        block = td_block(metric, ratio, method, args.epochs, args.update_every, len(train_loader),
+                         args.latency_threads)
+    # knowledge distillation from the original model (NNCF's own algorithm; its loss is part of ctrl.loss()), the
+    # same for every method
+    kd = [{"algorithm": "knowledge_distillation", "type": "softmax", "temperature": args.kd_temperature}] \
+        if args.kd else []
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT}, "compression": kd + [block]})
     config = register_default_init_args(config, train_loader)
     ctrl, compressed = create_compressed_model(model, config)
     finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None))
@@ -121,6 +124,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--train-subset", type=int)
     parser.add_argument("--test-subset", type=int)
+    parser.add_argument("--kd", action="store_true",
+                        help="fine-tune every method with NNCF's knowledge_distillation from the original model")
+    parser.add_argument("--kd-temperature", type=float, default=2.0)
     parser.add_argument("--update-every", type=int, default=50, help="rank learning: steps between Z-steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--latency-threads", type=int, default=2)
@@ -171,6 +177,8 @@ def main(argv=None) -> int:
                                  baseline, flops_for_pruning=search_flops or budget[1])
             except Exception as e:  # noqa: BLE001 - a failing method must not lose the other rows
                 print(f"   failed: {type(e).__name__}: {e}", flush=True)
+                if args.verbose:
+                    traceback.print_exc()
                 rows.append({"method": name, "budget": f"{budget[0]}:{budget[1]:g}", "error": str(e)})
                 continue
             if name == "search+finetune":
@@ -199,6 +207,7 @@ def main(argv=None) -> int:
         r.pop("_xml", None), r.pop("_int8", None)
         r.setdefault("train_subset", args.train_subset)
         r.setdefault("test_subset", args.test_subset)
+        r.setdefault("knowledge_distillation", args.kd)
     write_and_print(rows, COLUMNS, args.json)
     return 0
 

@@ -189,3 +189,24 @@ def test_activation_matmuls_are_not_counted_as_weight_ops(tmp_path):
     xml = export_openvino(TinyAttention(), torch.randn(1, 4, 8), tmp_path / "attn.xml")
     counts = count_int8_weights(xml)
     assert [op[1:] for op in counts["per_op"]] == [("MatMul", False)], counts["per_op"]
+
+
+def test_export_after_training_with_knowledge_distillation(tmp_path):
+    """NNCF keeps the last training step's KD loss (a tensor with a graph) in the model; exporting through the
+    controller strips a deep copy, which must not trip over it."""
+    from tests.nncf_helpers import make_config
+
+    config = make_config({"algorithm": "tensor_decomposition"}, quantization=False)
+    config["compression"] = [{"algorithm": "knowledge_distillation", "type": "softmax"}, *config["compression"]]
+    ctrl, model = create_compressed_model(SmallLowRankNet(), config)
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    loss = model(x).sum() + ctrl.loss()
+    assert loss.requires_grad and float(ctrl.loss()) > 0  # the KD term is there
+    loss.backward()
+    xml = export_openvino(ctrl, x[:1], tmp_path / "kd.xml")
+    model.eval()
+    with torch.no_grad():
+        expected = ctrl.strip(do_copy=True)(x)
+    got = torch.from_numpy(run_openvino(compile_openvino(xml, precision="f32"), x))
+    assert float((got - expected).norm() / expected.norm()) < 1e-4

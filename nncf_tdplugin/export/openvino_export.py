@@ -26,6 +26,9 @@ def _deployable(model_or_ctrl) -> torch.nn.Module:
     if isinstance(model_or_ctrl, torch.nn.Module):
         return model_or_ctrl
     if callable(getattr(model_or_ctrl, "strip", None)):  # an NNCF compression controller
+        from nncf_tdplugin.nncf_integration._internals import free_kd_loss_storage
+
+        free_kd_loss_storage(getattr(model_or_ctrl, "model", None))
         return model_or_ctrl.strip(do_copy=True)
     raise TypeError(
         f"expected a torch.nn.Module or an NNCF compression controller (an object with .strip()), "

@@ -63,3 +63,12 @@ def add_statistics_slot(algorithm_name: str) -> None:
     slot._field_type = dataclasses._FIELD  # what dataclasses.fields() filters on
     NNCFStatistics.__dataclass_fields__[algorithm_name] = slot
     setattr(NNCFStatistics, algorithm_name, None)
+
+
+def free_kd_loss_storage(model) -> None:
+    """Drop the knowledge-distillation loss NNCF keeps from the last training forward (a tensor with a graph, which
+    ``copy.deepcopy`` refuses, so ``strip(do_copy=True)`` after KD training would fail). Harmless without KD: the
+    next training forward stores a new one."""
+    handler = getattr(getattr(model, "nncf", None), "_kd_loss_handler", None)
+    if handler is not None:
+        handler.zero_kd_loss()
