@@ -110,7 +110,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     return {"method": name, "budget": f"{metric}:{ratio:g}", "flops_ratio": baseline["macs"] / cost["macs"],
             "params_ratio": baseline["weights"] / cost["weights"], "test_accuracy": accuracy,
             "baseline_accuracy": baseline["accuracy"], "epochs": args.epochs, "achieved_ratio": achieved,
-            "seconds": time.perf_counter() - start, "_xml": str(xml), "_int8": str(int8)}
+            "seconds": time.perf_counter() - start, "ir": str(xml), "ir_int8": str(int8)}
 
 
 def main(argv=None) -> int:
@@ -131,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--latency-threads", type=int, default=2)
     parser.add_argument("--out-dir", default="out/finetune")
+    parser.add_argument("--resume", help="rows of an earlier run with the same --out-dir: keep its rows (and IRs), "
+                        "run only the missing or failed ones, then time every IR again together")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -155,11 +157,20 @@ def main(argv=None) -> int:
             torch.utils.data.Subset(test_loader.dataset, range(args.test_subset)), batch_size=512)
     calibration = [x[:1].numpy() for (x, _), _ in zip(fashion_mnist_loaders(1, augment=False)[0], range(64))]
     example = torch.randn(*INPUT)
+    prior = {}
+    if args.resume:
+        for r in json.loads(pathlib.Path(args.resume).read_text()):
+            if "error" in r:
+                continue
+            tag = "dense" if r["method"] == "dense" else f"{r['method'].replace('+', '_')}_{r['budget'].replace(':', '')}"
+            r.setdefault("ir", str(out_dir / f"{tag}.xml"))
+            r.setdefault("ir_int8", str(out_dir / f"{tag}_int8.xml"))
+            prior[(r["method"], r["budget"])] = r
     dense_xml = export_openvino(base, example, out_dir / "dense.xml")
     baseline = {"accuracy": evaluate(base, test_loader, progress=False), **ir_cost(dense_xml, INPUT)}
     rows = [{"method": "dense", "budget": "-", "flops_ratio": 1.0, "params_ratio": 1.0,
              "test_accuracy": baseline["accuracy"], "baseline_accuracy": baseline["accuracy"], "epochs": 0,
-             "_xml": str(dense_xml), "_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
+             "ir": str(dense_xml), "ir_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
     for budget in budgets:
         search_flops = None
         for name in methods:
@@ -171,7 +182,14 @@ def main(argv=None) -> int:
                 if ratio is None:
                     print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
                     continue
-            print(f"== {name} at {budget[0]}:{budget[1]:g}", flush=True)
+            label = f"{budget[0]}:{budget[1]:g}"
+            if (name, label) in prior:
+                row = prior[(name, label)]
+                rows.append(row)
+                search_flops = row["flops_ratio"] if name == "search+finetune" else search_flops
+                print(f"== {name} at {label}: kept from {args.resume}")
+                continue
+            print(f"== {name} at {label}", flush=True)
             try:
                 row = run_method(name, budget, base, (train_loader, test_loader), args, out_dir, calibration,
                                  baseline, flops_for_pruning=search_flops or budget[1])
@@ -186,9 +204,9 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
-    timed = [r for r in rows if "_xml" in r]
+    timed = [r for r in rows if "ir" in r]
     iterations, repeats = (30, 2) if args.quick else (100, 5)
-    for key, latency_key in (("_xml", "latency_ms_default"), ("_int8", "latency_ms_int8")):
+    for key, latency_key in (("ir", "latency_ms_default"), ("ir_int8", "latency_ms_int8")):
         # every row of a column at one precision: the CPU's default, or f32 for all of them if OpenVINO cannot
         # compile one of the IRs at the default (seen for the INT8 IRs of this network on an AVX512-BF16 CPU:
         # "No suitable implementations"); INT8 layers run in INT8 either way, the hint sets the precision of the rest
@@ -204,7 +222,6 @@ def main(argv=None) -> int:
                 r[latency_key], r[latency_key.replace("latency_ms", "precision")] = result.median_ms, precision
             break
     for r in rows:
-        r.pop("_xml", None), r.pop("_int8", None)
         r.setdefault("train_subset", args.train_subset)
         r.setdefault("test_subset", args.test_subset)
         r.setdefault("knowledge_distillation", args.kd)

@@ -29,7 +29,10 @@ def pruning_block(flops_ratio: float, steps: int = 0) -> dict:
 
 def export_pruned_ir(ctrl, example_input: torch.Tensor, path) -> pathlib.Path:
     """Strip the pruned model, convert at the example's static shape, remove zeroed channels, save (f32 weights)."""
+    from nncf_tdplugin.nncf_integration._internals import free_kd_loss_storage
+
     path = pathlib.Path(path)
+    free_kd_loss_storage(ctrl.model)  # after knowledge-distillation training, or the copy fails
     stripped = ctrl.strip(do_copy=True).eval()
     with torch.no_grad():
         model = ov.convert_model(stripped, example_input=example_input, input=[tuple(example_input.shape)])
