@@ -94,7 +94,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT}, "compression": kd + [block]})
     config = register_default_init_args(config, train_loader)
     ctrl, compressed = create_compressed_model(model, config)
-    finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None))
+    finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None),
+             progress=args.verbose)
     accuracy = evaluate(compressed, test_loader, progress=False)
     tag = f"{name.replace('+', '_')}_{metric}{ratio:g}"
     example = torch.randn(*INPUT)

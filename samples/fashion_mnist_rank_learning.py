@@ -27,6 +27,7 @@ import nncf_tdplugin  # noqa: F401  (first: enables NNCF's tracing and registers
 import nncf
 import torch
 from nncf.torch import create_compressed_model, register_default_init_args
+from tqdm.auto import tqdm
 
 from nncf_tdplugin.export import export_openvino, measure_latency
 
@@ -53,7 +54,7 @@ def schedule_end(config: dict) -> int:
     return max(rl.get("freeze_epoch", 0), rl.get("num_epochs", 5))
 
 
-def finetune(ctrl, model, train_loader, epochs: int, lr: float, log=print) -> None:
+def finetune(ctrl, model, train_loader, epochs: int, lr: float, log=print, progress: bool = True) -> None:
     """NNCF's loop: epoch_step() per epoch, step() per batch, task loss + ctrl.loss(); SGD with cosine decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-5)
@@ -64,7 +65,7 @@ def finetune(ctrl, model, train_loader, epochs: int, lr: float, log=print) -> No
         ctrl.scheduler.epoch_step()
         model.train()
         start, seen, loss_sum = time.perf_counter(), 0, 0.0
-        for x, y in train_loader:
+        for x, y in tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress):
             ctrl.scheduler.step()
             loss = loss_fn(model(x), y) + ctrl.loss()
             opt.zero_grad(set_to_none=True)
