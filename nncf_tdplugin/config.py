@@ -241,7 +241,9 @@ TD_SCHEMA: dict[str, Any] = {
                 "initial_ratio": {"type": "number", "exclusiveMinimum": 1,
                                   "description": "Budget ratio of the initial decomposition, below "
                                   "budget.target_ratio (generous ranks to learn from). Default: the square root of "
-                                  "budget.target_ratio."},
+                                  "budget.target_ratio, raised towards the target (logged) if the layers the "
+                                  "selection decomposes at it cannot shrink to the target; a given value is kept "
+                                  "and an unreachable target is an error."},
                 "schedule": {"enum": ["exponential", "multistep"], "default": "exponential",
                              "description": "How the budget goes from 'initial_ratio' to budget.target_ratio: "
                              "'exponential' (geometric in the ratio over 'num_epochs', updated at every Z-step) or "
@@ -474,7 +476,7 @@ def _rank_learning(section: dict, selection: str, budget: dict) -> dict:
     if initial >= target:
         raise TDConfigError(f"{_path(where + ['initial_ratio'])}: {initial} must be smaller than "
                             f"budget.target_ratio ({target}): the ranks only shrink during training")
-    rl["initial_ratio"] = initial
+    rl["initial_ratio"], rl["initial_ratio_given"] = initial, "initial_ratio" in given
     if rl["schedule"] == "multistep":
         epochs = given.get("multistep_epochs")
         if epochs is None:

@@ -82,7 +82,12 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         layers = find_weighted_layers(target_model)
         if self._plan is None:
             start = time.perf_counter()
-            self._plan = self._make_plan(target_model, layers)
+            if self.td_config.rank_learning:  # an initial decomposition the ranks can shrink to the target from
+                from nncf_tdplugin.rank_learning.setup import initial_plan
+
+                self._plan = initial_plan(lambda: self._make_plan(target_model, layers), layers, self.td_config)
+            else:
+                self._plan = self._make_plan(target_model, layers)
             self._plan["selection_seconds"] = time.perf_counter() - start
             nncf_logger.info(
                 f"tensor_decomposition: {self.td_config.rank_selection} rank selection took "

@@ -33,8 +33,11 @@ from nncf_tdplugin.rank_selection.cost import factorized_macs, factorized_params
 class RankLearningController(TensorDecompositionController):
     def __init__(self, target_model, td_config: TDConfig, plan: dict[str, Any]):
         super().__init__(target_model, td_config, plan)
-        self.rl = td_config.rank_learning
         self.info = plan["rank_learning"]
+        # the initial ratio the plan was decomposed at (raised from the default if that was unreachable; a resumed
+        # run reads it from the saved plan)
+        self.rl = {**td_config.rank_learning,
+                   "initial_ratio": self.info.get("initial_ratio", td_config.rank_learning["initial_ratio"])}
         self.groups: list[GateGroup] = find_groups(target_model, plan["layers"])
         device = next((p.device for p in target_model.parameters()), torch.device("cpu"))
         self._loss = RankLearningLoss(self, self.rl["regularization"], self.rl["admm_rho"], device)

@@ -25,7 +25,7 @@ def budget_ratio(rl: dict, epoch: float) -> float:
         ratio = r0
         for e, r in zip(rl["multistep_epochs"], rl["multistep_ratios"]):
             if epoch >= e:
-                ratio = r
+                ratio = max(r, r0)  # (r0 may have been raised above a default step when the model was built)
         return ratio
     end = rl["num_epochs"]
     if epoch >= end:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from nncf.common.graph.transformations.commands import TargetType, TransformationPriority
+from nncf.common.logging import nncf_logger
 from nncf.torch.graph.transformations.commands import PTInsertionCommand, PTTargetPoint
 from nncf.torch.graph.transformations.layout import PTTransformationLayout
 
@@ -85,16 +86,47 @@ def gate_layout(model, layers, plan: dict[str, Any], cfg: TDConfig) -> PTTransfo
     return layout
 
 
-def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
-    """The target must be reachable by shrinking the gated ranks of the layers decomposed at initial_ratio."""
-    info, target = plan["rank_learning"], cfg.rank_learning["target_ratio"]
+def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str, Any]:
+    """The plan of the initial decomposition, at ``initial_ratio``. A selection at a mild ratio may decompose too few
+    layers for the ranks to reach the target (it decomposes the layers where low rank is cheapest first); with the
+    default ``initial_ratio`` the ratio is then raised towards the target, geometrically, up to ``retries`` times
+    (logged). An ``initial_ratio`` given in the config is kept, and an unreachable target raises."""
+    rl = cfg.rank_learning
+    r0, target = rl["initial_ratio"], rl["target_ratio"]
+    for attempt in range(retries + 1):
+        plan = make_plan()
+        plan["rank_learning"] = budget_info(layers, plan, cfg)
+        plan["rank_learning"]["initial_ratio"] = rl["initial_ratio"]
+        best = _reachable_ratio(plan, cfg)
+        if best >= target or rl.get("initial_ratio_given") or attempt == retries:
+            break
+        rl["initial_ratio"] = r0 * (target / r0) ** ((attempt + 1) / (retries + 1))
+        nncf_logger.info(
+            f"{ALGO_NAME}.rank_learning: at initial_ratio {plan['rank_learning']['initial_ratio']:.3f} the selection "
+            f"decomposed {len(plan['layers'])} layer(s), whose ranks reach at most {best:.3f}x < {target}; "
+            f"decomposing again at {rl['initial_ratio']:.3f}"
+        )
+    _check_reachable(plan, cfg)
+    return plan
+
+
+def _reachable_ratio(plan: dict[str, Any], cfg: TDConfig) -> float:
+    """The largest ratio the gated ranks of the plan's layers reach at their minimum."""
+    info = plan["rank_learning"]
     cost = info["fixed_cost"]
     for name, entry in plan["layers"].items():
+        if entry["method"] not in GATED_FACTORS:
+            continue
         ranks = list(entry["ranks"])
         for _, _, index in GATED_FACTORS[entry["method"]]:
             ranks[index] = min(max(1, cfg.min_rank), ranks[index])
         cost += plan_cost(info, name, entry["method"], ranks)
-    best = info["dense_total"] / cost if cost > 0 else float("inf")
+    return info["dense_total"] / cost if cost > 0 else float("inf")
+
+
+def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
+    """The target must be reachable by shrinking the gated ranks of the layers decomposed at initial_ratio."""
+    target, best = cfg.rank_learning["target_ratio"], _reachable_ratio(plan, cfg)
     if best < target:
         raise TDConfigError(
             f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "
