@@ -63,7 +63,8 @@ def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: 
         block["rank_selection"] = "uniform"
     elif method == "rank_learning":
         # the ranks shrink over all but the last epoch, which fine-tunes at the final ranks
-        block["rank_learning"] = {"initial_ratio": round(ratio ** 0.5, 4), "num_epochs": max(1, epochs - 1),
+        # (initial_ratio: the default, sqrt of the target, raised by the builder if the target is out of reach)
+        block["rank_learning"] = {"num_epochs": max(1, epochs - 1),
                                   "update_every": update_every, "steps_per_epoch": steps_per_epoch}
     return block
 
