@@ -92,7 +92,7 @@ def latency(model_or_ctrl, example, path, threads) -> tuple[float, str]:
             return measure_latency(xml, list(example.shape), precision=precision, threads=threads, repeats=3,
                                    iterations=50).median_ms, precision
         except RuntimeError as e:
-            print(f"latency of {xml.name} at {precision} precision failed: {str(e).splitlines()[-1][:160]}")
+            print(f"latency of {xml.name} at {precision} precision failed: {str(e).strip().splitlines()[-1][:160]}")
     return float("nan"), "failed"
 
 
