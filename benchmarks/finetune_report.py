@@ -63,7 +63,7 @@ def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
         if limit is not None:
             reached = best["flops_ratio" if metric == "flops" else "params_ratio"]
             results.append((f"{budget}: best of ours within {limit} points of dense",
-                            drop <= limit, f"{best['method']} {drop:+.2f} points below dense at {reached:.2f}x"))
+                            drop <= limit, f"{best['method']} {drop:.2f} points below dense at {reached:.2f}x"))
         others = [r for r in at if r["method"] in ("uniform+finetune", "filter_pruning")]
         for other in others:
             results.append((f"{budget}: ours ahead of {other['method']}", best["test_accuracy"] > other["test_accuracy"],
@@ -104,8 +104,8 @@ def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
             if r["method"] != "dense":
                 ax.annotate(r["budget"], (r[key], 100 * r["test_accuracy"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
-        precision = {r.get(key.replace("latency_ms", "precision")) for r in rows} - {None, "default"}
-        ax.set_xlabel(f"OpenVINO latency, ms ({label}{', some at f32' if precision else ''})")
+        hints = sorted({r.get(key.replace("latency_ms", "precision")) or "default" for r in rows if r.get(key)})
+        ax.set_xlabel(f"OpenVINO latency, ms ({label}; precision hint: {'/'.join(hints)})")
         ax.set_ylabel("Fashion-MNIST test accuracy, %")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
