@@ -39,7 +39,7 @@ from nncf.torch import create_compressed_model, register_default_init_args
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "samples"))
-from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
+from benchmarks.common import quiet_nncf, td_controller, write_and_print  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     evaluate,
     fashion_mnist_loaders,
@@ -105,8 +105,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         achieved = None
     else:
         xml = export_openvino(ctrl, example, out_dir / f"{tag}.xml")
-        td = next(c for c in getattr(ctrl, "child_ctrls", [ctrl]) if c.name == "tensor_decomposition")
-        achieved = td.statistics().tensor_decomposition.achieved_ratio
+        achieved = td_controller(ctrl).statistics().tensor_decomposition.achieved_ratio
     int8 = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml")
     cost = ir_cost(xml, INPUT)
     return {"method": name, "budget": f"{metric}:{ratio:g}", "flops_ratio": baseline["macs"] / cost["macs"],

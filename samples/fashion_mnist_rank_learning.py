@@ -43,7 +43,8 @@ DEFAULT_CONFIG = ROOT / "samples" / "configs" / "fashion_mnist_rank_learning.jso
 
 
 def td_child(ctrl):
-    return next(c for c in getattr(ctrl, "child_ctrls", [ctrl]) if c.name == "tensor_decomposition")
+    """The tensor_decomposition controller of a (composite) controller, or None (e.g. filter pruning)."""
+    return next((c for c in getattr(ctrl, "child_ctrls", [ctrl]) if c.name == "tensor_decomposition"), None)
 
 
 def schedule_end(config: dict) -> int:
@@ -74,7 +75,7 @@ def finetune(ctrl, model, train_loader, epochs: int, lr: float, log=print, progr
             sched.step()
             seen, loss_sum = seen + len(y), loss_sum + loss.item() * len(y)
         line = f"epoch {epoch + 1}/{epochs}: loss {loss_sum / max(seen, 1):.4f}, {time.perf_counter() - start:.0f} s"
-        td = next((c for c in getattr(ctrl, "child_ctrls", [ctrl]) if c.name == "tensor_decomposition"), None)
+        td = td_child(ctrl)
         if td is not None:  # (the benchmark also fine-tunes other algorithms with this loop)
             stats = td.statistics().tensor_decomposition
             line += f", stage {td.compression_stage().name}, budget {stats.achieved_ratio:.3f}x"

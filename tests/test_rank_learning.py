@@ -379,14 +379,15 @@ def test_default_initial_ratio_is_raised_when_the_target_is_out_of_reach(monkeyp
     raised towards the target (and saved in the plan, so a resumed run keeps it); a given one is an error."""
     from nncf_tdplugin.rank_learning import setup
 
-    real = setup._reachable_ratio
+    real = setup.reachable_ratio
     asked = []
 
-    def reachable_only_from_2_3(plan, cfg):  # pretend the layers decomposed below 2.3x cannot shrink to 3x
-        asked.append(cfg.rank_learning["initial_ratio"])
-        return real(plan, cfg) if cfg.rank_learning["initial_ratio"] >= 2.3 else 2.0
+    def reachable_only_from_2_3(plan):  # pretend the layers decomposed below 2.3x cannot shrink to 3x
+        ratio = plan["rank_learning"]["initial_ratio"]
+        asked.append(ratio)
+        return real(plan) if ratio >= 2.3 else 2.0
 
-    monkeypatch.setattr(setup, "_reachable_ratio", reachable_only_from_2_3)
+    monkeypatch.setattr(setup, "reachable_ratio", reachable_only_from_2_3)
     section = {"algorithm": "tensor_decomposition", "budget": {"metric": "params", "target_ratio": 3.0},
                "rank_learning": {"num_epochs": 2}}
     ctrl, model = compress(td_block=section, quantization=False)
@@ -395,13 +396,13 @@ def test_default_initial_ratio_is_raised_when_the_target_is_out_of_reach(monkeyp
     assert td.rl["initial_ratio"] >= 2.3 and td.info["initial_ratio"] == td.rl["initial_ratio"]
     assert td.achieved_ratio >= td.rl["initial_ratio"]
     state = ctrl.get_compression_state()
-    monkeypatch.setattr(setup, "_reachable_ratio", real)
+    monkeypatch.setattr(setup, "reachable_ratio", real)
     ctrl2, model2 = compress(LowRankCNN(), td_block=section, quantization=False, compression_state=state)
     model2.load_state_dict(model.state_dict())
     assert td_ctrl(ctrl2).rl["initial_ratio"] == td.rl["initial_ratio"]
     assert td_ctrl(ctrl2).current_ranks() == td.current_ranks()
 
-    monkeypatch.setattr(setup, "_reachable_ratio", reachable_only_from_2_3)
+    monkeypatch.setattr(setup, "reachable_ratio", reachable_only_from_2_3)
     given = {**section, "rank_learning": {"num_epochs": 2, "initial_ratio": 1.5}}
     with pytest.raises(TDConfigError, match=r"rank_learning\.initial_ratio: at 1\.500 the selection decomposed"):
         compress(td_block=given, quantization=False)

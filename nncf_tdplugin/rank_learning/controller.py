@@ -21,7 +21,7 @@ from nncf_tdplugin.rank_learning.allocation import GroupSpec, allocate
 from nncf_tdplugin.rank_learning.gates import GateGroup, find_groups
 from nncf_tdplugin.rank_learning.loss import RankLearningLoss
 from nncf_tdplugin.rank_learning.schedules import RankLearningScheduler
-from nncf_tdplugin.rank_learning.setup import geometry_of, plan_cost
+from nncf_tdplugin.rank_learning.setup import factor_nodes, geometry_of, plan_cost, reachable_ratio
 from nncf_tdplugin.rank_learning.truncation import (
     edge_activation_quantizers,
     patch_quantization_state,
@@ -42,7 +42,7 @@ class RankLearningController(TensorDecompositionController):
         device = next((p.device for p in target_model.parameters()), torch.device("cpu"))
         self._loss = RankLearningLoss(self, self.rl["regularization"], self.rl["admm_rho"], device)
         self._scheduler = RankLearningScheduler(self, self.rl)
-        self._node_of = self._factor_nodes(target_model)
+        self._node_of = factor_nodes(target_model)
         if self.groups:
             self.z_step(self.rl["initial_ratio"], dual=False)  # z = g, u = 0, cost weights and scales
 
@@ -79,12 +79,6 @@ class RankLearningController(TensorDecompositionController):
     @property
     def achieved_ratio(self) -> float:
         return self.info["dense_total"] / self.current_cost()
-
-    def _min_cost(self) -> float:
-        ranks = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
-        for g in self.groups:
-            ranks[g.layer][g.rank_index] = min(max(1, self.info["min_rank"]), g.gate.channels)
-        return self.info["fixed_cost"] + sum(self._layer_cost(n, r) for n, r in ranks.items())
 
     # --- the Z-step ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -157,25 +151,11 @@ class RankLearningController(TensorDecompositionController):
             self.truncate()
 
     # --- truncation ----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _factor_nodes(model) -> dict[int, str]:
-        node_of = {}
-        try:
-            nodes = model.nncf.get_original_graph().get_all_nodes()
-        except Exception:  # noqa: BLE001
-            return node_of
-        for node in nodes:
-            try:
-                node_of.setdefault(id(model.nncf.get_containing_module(node.node_name)), node.node_name)
-            except Exception:  # noqa: BLE001
-                continue
-        return node_of
-
     def _truncate_model(self, model) -> dict[str, list[int]]:
         groups = find_groups(model, self.plan["layers"])
         if not groups:
             return {}
-        node_of = self._node_of if model is self.model else self._factor_nodes(model)
+        node_of = self._node_of if model is self.model else factor_nodes(model)
         edges = edge_activation_quantizers(model, groups, node_of)
         keep = {g.key: g.gate.keep.clone() for g in groups}  # the current projection (== mask once frozen)
         new_ranks = truncate_groups(groups, keep, edges)
@@ -251,7 +231,7 @@ class RankLearningController(TensorDecompositionController):
 
     @property
     def maximal_compression_rate(self) -> float:
-        return 1.0 - self._min_cost() / self.info["dense_total"]
+        return 1.0 - 1.0 / reachable_ratio(self.plan) if not self.truncated else self.compression_rate
 
     def disable_scheduler(self) -> None:
         """NNCF's accuracy-aware loop replaces the scheduler by a stub; the rank state stays where it is."""

@@ -55,8 +55,21 @@ def budget_info(layers, plan: dict[str, Any], cfg: TDConfig) -> dict[str, Any]:
     }
 
 
+def factor_nodes(model) -> dict[int, str]:
+    """``id(module) -> the name of its first node`` in NNCF's original graph (functional ops have no module)."""
+    node_of: dict[int, str] = {}
+    for node in model.nncf.get_original_graph().get_all_nodes():
+        try:
+            module = model.nncf.get_containing_module(node.node_name)
+        except Exception:  # noqa: BLE001 - functional ops have no containing module
+            continue
+        node_of.setdefault(id(module), node.node_name)
+    return node_of
+
+
 def gate_layout(model, layers, plan: dict[str, Any], cfg: TDConfig) -> PTTransformationLayout:
-    """Insertion commands of one :class:`RankGate` per gated factor (none once the plan says truncated)."""
+    """Insertion commands of one :class:`RankGate` per gated factor (none once the plan says truncated). The plan
+    holds its ``rank_learning`` budget info already (:func:`initial_plan`, or the saved plan on resume)."""
     layout = PTTransformationLayout()
     for name, entry in plan["layers"].items():
         if entry["method"] not in GATED_FACTORS:
@@ -64,18 +77,9 @@ def gate_layout(model, layers, plan: dict[str, Any], cfg: TDConfig) -> PTTransfo
                 f"{ALGO_NAME}.rank_learning: layer '{name}' is decomposed with {entry['method']!r}; rank learning "
                 f"gates 'tucker2' and 'svd' factors only (set its method in 'layers' or exclude it)"
             )
-    if "rank_learning" not in plan:
-        plan["rank_learning"] = budget_info(layers, plan, cfg)
-        _check_reachable(plan, cfg)
     if plan["rank_learning"]["truncated"]:
         return layout
-    node_of = {}
-    for node in model.nncf.get_original_graph().get_all_nodes():
-        try:
-            module = model.nncf.get_containing_module(node.node_name)
-        except Exception:  # noqa: BLE001 - functional ops have no containing module
-            continue
-        node_of.setdefault(id(module), node.node_name)
+    node_of = factor_nodes(model)
     for name, entry in plan["layers"].items():
         container = model.get_submodule(name)
         for producer, _, index in GATED_FACTORS[entry["method"]]:
@@ -97,7 +101,7 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
         plan = make_plan()
         plan["rank_learning"] = budget_info(layers, plan, cfg)
         plan["rank_learning"]["initial_ratio"] = rl["initial_ratio"]
-        best = _reachable_ratio(plan, cfg)
+        best = reachable_ratio(plan)
         if best >= target or rl.get("initial_ratio_given") or attempt == retries:
             break
         rl["initial_ratio"] = r0 * (target / r0) ** ((attempt + 1) / (retries + 1))
@@ -110,23 +114,21 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
     return plan
 
 
-def _reachable_ratio(plan: dict[str, Any], cfg: TDConfig) -> float:
-    """The largest ratio the gated ranks of the plan's layers reach at their minimum."""
+def reachable_ratio(plan: dict[str, Any]) -> float:
+    """The largest ratio the gated ranks of the plan's layers reach, every gated rank at ``min_rank``."""
     info = plan["rank_learning"]
     cost = info["fixed_cost"]
     for name, entry in plan["layers"].items():
-        if entry["method"] not in GATED_FACTORS:
-            continue
         ranks = list(entry["ranks"])
-        for _, _, index in GATED_FACTORS[entry["method"]]:
-            ranks[index] = min(max(1, cfg.min_rank), ranks[index])
+        for _, _, index in GATED_FACTORS.get(entry["method"], ()):
+            ranks[index] = min(max(1, info["min_rank"]), ranks[index])
         cost += plan_cost(info, name, entry["method"], ranks)
     return info["dense_total"] / cost if cost > 0 else float("inf")
 
 
 def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
     """The target must be reachable by shrinking the gated ranks of the layers decomposed at initial_ratio."""
-    target, best = cfg.rank_learning["target_ratio"], _reachable_ratio(plan, cfg)
+    target, best = cfg.rank_learning["target_ratio"], reachable_ratio(plan)
     if best < target:
         raise TDConfigError(
             f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "

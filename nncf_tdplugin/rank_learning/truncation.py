@@ -34,10 +34,6 @@ def _slice_tensor(owner: nn.Module, name: str, dim: int, index: torch.Tensor) ->
         value.data = sliced
 
 
-def _slice_param(module: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
-    _slice_tensor(module, name, dim, index)
-
-
 def _weight_quantizers(module: nn.Module) -> list[BaseQuantizer]:
     return [op.op for op in getattr(module, "pre_ops", {}).values()
             if isinstance(op, UpdateWeight) and isinstance(op.op, BaseQuantizer)]
@@ -91,11 +87,11 @@ def truncate_groups(groups: list[GateGroup], keep: Optional[dict[str, torch.Tens
     for group, index in plans:
         old = group.gate.channels
         producer, consumer = group.producer, group.consumer
-        _slice_param(producer, "weight", 0, index)
+        _slice_tensor(producer, "weight", 0, index)
         _set_out_channels(producer, len(index))
         for q in _weight_quantizers(producer):
             _slice_quantizer(q, old, index)
-        _slice_param(consumer, "weight", 1, index)
+        _slice_tensor(consumer, "weight", 1, index)
         _set_in_channels(consumer, len(index))
         for q in (edge_quantizers or {}).get(group.key, ()):
             _slice_quantizer(q, old, index, axis=1)
