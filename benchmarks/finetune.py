@@ -15,7 +15,8 @@ its own processes (nncf_tdplugin.export.measure_many). The filter-pruning IR is 
 OpenVINO's pruning transformation (benchmarks/pruning.py). Pruning targets the FLOPs ratio that the search row of
 the same budget reached, gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as rank learning
 shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes. A budget
-``latency:R`` (per-layer OpenVINO cost model at the default precision) is run by the fixed-rank methods only.
+``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
+its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row.
 """
 
 import argparse
@@ -132,8 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--latency-threads", type=int, default=2)
     parser.add_argument("--out-dir", default="out/finetune")
-    parser.add_argument("--resume", help="rows of an earlier run with the same --out-dir: keep its rows (and IRs), "
-                        "run only the missing or failed ones, then time every IR again together")
+    parser.add_argument("--resume", help="rows of an earlier run with the same --out-dir (its --json, or the "
+                        "JSON.partial file written after each row): keep its rows (and IRs), run only the missing or "
+                        "failed ones, then time every IR again together")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -175,9 +177,6 @@ def main(argv=None) -> int:
     for budget in budgets:
         search_flops = None
         for name in methods:
-            if name == "rank_learning" and budget[0] == "latency":
-                print(f"skip rank_learning at {budget[0]}:{budget[1]:g}: it learns ranks under params or flops budgets")
-                continue
             if name == "filter_pruning":
                 ratio = search_flops or (budget[1] if budget[0] == "flops" else None)
                 if ratio is None:
@@ -203,6 +202,9 @@ def main(argv=None) -> int:
             if name == "search+finetune":
                 search_flops = row["flops_ratio"]
             rows.append(row)
+            # rows so far (untimed), so that a long run cut short can go on with --resume
+            pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(args.json + ".partial").write_text(json.dumps(rows, indent=2))
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
     timed = [r for r in rows if "ir" in r]

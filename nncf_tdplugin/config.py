@@ -236,7 +236,8 @@ TD_SCHEMA: dict[str, Any] = {
             "group lasso + ADMM proximity to the budget projection) and the scheduler (step() per batch, epoch_step() "
             "per epoch) then shrink the ranks to budget.target_ratio; at the end the ranks are frozen and the factor "
             "layers are truncated to them (in strip()/export, or at once by ctrl.truncate()). Methods 'tucker2' and "
-            "'svd', metrics 'params' and 'flops'.",
+            "'svd'; every budget metric ('latency': the per-layer cost model's grid, interpolated per rank, "
+                           "stored in the plan).",
             "properties": {
                 "initial_ratio": {"type": "number", "exclusiveMinimum": 1,
                                   "description": "Budget ratio of the initial decomposition, below "
@@ -464,9 +465,6 @@ def _rank_learning(section: dict, selection: str, budget: dict) -> dict:
             f"{'fraction' if selection == 'fraction' else 'energy with a fixed energy_threshold'} has none; use "
             f"'search', 'uniform', 'energy' or 'vbmf' with 'budget'"
         )
-    if budget["metric"] == "latency":
-        raise TDConfigError(f"{_path(['budget', 'metric'])}: rank_learning supports 'params' and 'flops', not "
-                            f"'latency' (the measured cost model is not differentiable per channel yet)")
     method = section.get("method", "tucker2")
     if method == "cp" or (method == "auto" and "cp" in section.get("auto_methods", ())):
         raise TDConfigError(f"{_path(['method'] if method == 'cp' else ['auto_methods'])}: rank_learning gates the "

@@ -151,6 +151,10 @@ def test_latency_is_measured_in_a_separate_process_with_precision_recorded(tmp_p
     assert result.precision == result.runtime_precision == "f32" and result.threads == 1
     assert result.profile_ms_by_type and "Convolution" in result.profile_ms_by_type
     assert all(v >= 0 for v in result.profile_ms_by_kernel.values())
+    # one Convolution node per inference (the ReLU is fused into it)
+    conv = [k for k in result.profile_nodes_by_kernel if k.startswith("Convolution:")]
+    assert sum(result.profile_nodes_by_kernel[k] for k in conv) == 1, result.profile_nodes_by_kernel
+    assert result.profile_mean_ms > 0
 
 
 @pytest.mark.parametrize("interleave, expected", [(True, ["a", "b", "a", "b", "a", "b"]),

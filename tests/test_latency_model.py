@@ -21,7 +21,7 @@ from nncf_tdplugin.rank_selection import (
     RankConstraints,
     SelectionProblem,
 )
-from tests.models import low_rank_conv_weight
+from tests.models import ConvStack, low_rank_conv_weight
 
 _WORKER = pathlib.Path(__file__).resolve().parents[1] / "nncf_tdplugin" / "latency_model" / "_layer_worker.py"
 
@@ -216,25 +216,6 @@ def test_cost_model_interpolates_between_grid_ranks_and_prefers_measurements(tmp
 
 
 # --- a latency budget through the NNCF config ----------------------------------------------------------------------
-class ConvStack(nn.Module):
-    """Convolution time dominates: a stem, three low-rank 3x3 convs at 32x32, a classifier."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 64, 3, padding=1)
-        self.convs = nn.ModuleList(nn.Conv2d(64, 64, 3, padding=1) for _ in range(3))
-        self.fc = nn.Linear(64, 10)
-        with torch.no_grad():
-            for conv in self.convs:
-                conv.weight.copy_(low_rank_conv_weight(64, 64, 3, 16, 16, 0.01))
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        for conv in self.convs:
-            x = torch.relu(conv(x))
-        return self.fc(x.mean((2, 3)))
-
-
 def test_latency_budget_is_met_and_holds_end_to_end(tmp_path):
     import nncf
     from nncf.torch import create_compressed_model

@@ -59,7 +59,7 @@ def main() -> None:
     request = compiled.create_infer_request()
     for _ in range(a.warmup):
         request.infer({0: x})
-    times, by_type, by_kernel = [], defaultdict(float), defaultdict(float)
+    times, by_type, by_kernel, count = [], defaultdict(float), defaultdict(float), defaultdict(int)
     for _ in range(a.iterations):
         t0 = time.perf_counter()
         request.infer({0: x})
@@ -70,6 +70,7 @@ def main() -> None:
                     ms = info.real_time.total_seconds() * 1e3
                     by_type[info.node_type] += ms
                     by_kernel[f"{info.node_type}:{info.exec_type}"] += ms
+                    count[f"{info.node_type}:{info.exec_type}"] += 1
     result = {
         "times_ms": times,
         "runtime_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),  # "f32", "bf16"
@@ -80,6 +81,7 @@ def main() -> None:
         n = max(a.iterations, 1)
         result["profile_ms_by_type"] = {k: v / n for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])}
         result["profile_ms_by_kernel"] = {k: v / n for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])}
+        result["profile_nodes_by_kernel"] = {k: count[k] // n for k in result["profile_ms_by_kernel"]}
     print(json.dumps(result))
 
 

@@ -40,6 +40,8 @@ class LatencyResult:
     # inside "Convolution"; a Linear is "FullyConnected"), and by "type:kernel" (e.g. "Convolution:brgconv_..._1x1_i8")
     profile_ms_by_type: Optional[dict] = None
     profile_ms_by_kernel: Optional[dict] = None
+    profile_nodes_by_kernel: Optional[dict] = None  # executed nodes per inference, by "type:kernel"
+    profile_mean_ms: Optional[float] = None  # the profiled run's own mean (counters on; node times are means too)
     xml: str = ""
 
 
@@ -118,6 +120,8 @@ def measure_many(models: Sequence[tuple], precision: str = "f32", threads: Optio
             repeat_medians_ms=[float(np.median(run["times_ms"])) for run in model_runs],
             profile_ms_by_type=profiled.get("profile_ms_by_type"),
             profile_ms_by_kernel=profiled.get("profile_ms_by_kernel"),
+            profile_nodes_by_kernel=profiled.get("profile_nodes_by_kernel"),
+            profile_mean_ms=float(np.mean(profiled["times_ms"])) if profiled else None,
             xml=str(xml),
         ))
     return results

@@ -71,6 +71,14 @@ def _interp2(x: float, y: float, xs, ys, table: np.ndarray) -> float:
     return _interp1(x, xs, column)
 
 
+def interpolate(axes: Sequence[Sequence[int]], values, ranks: Sequence[int]) -> float:
+    """The grid predictor: ``values`` measured at the ranks of ``axes`` (one axis: a list; two: a table indexed
+    ``[i][j]``), piecewise linear (two axes: bilinear) at ``ranks``, floored at 1 us (as measurements are)."""
+    if len(axes) == 1:
+        return max(_interp1(ranks[0], axes[0], values), 1e-3)
+    return max(_interp2(ranks[0], ranks[1], axes[0], axes[1], np.asarray(values, float)), 1e-3)
+
+
 class LatencyCostModel:
     """Measured per-layer latencies (ms) of dense layers and their factorizations in one context."""
 
@@ -165,12 +173,15 @@ class LatencyCostModel:
         axes = self.grids.get((name, method))
         if axes is None:
             raise KeyError(f"no latency grid for method {method!r} of layer {name}")
-        base = self.layers[name]
+        return interpolate(axes, self.grid_values(name, method), ranks)
+
+    def grid_values(self, name: str, method: str) -> list:
+        """The measured grid of ``method`` on layer ``name`` (ms): a list over the rank axis, or for two axes a
+        table ``[i][j]`` at ``(axes[0][i], axes[1][j])`` (see :func:`interpolate`)."""
+        axes, base = self.grids[(name, method)], self.layers[name]
         if len(axes) == 1:
-            values = [self.cache.get(base.with_choice(method, (r,)).key) for r in axes[0]]
-            return max(_interp1(ranks[0], axes[0], values), 1e-3)
-        table = np.array([[self.cache.get(base.with_choice(method, (a, b)).key) for b in axes[1]] for a in axes[0]])
-        return max(_interp2(ranks[0], ranks[1], axes[0], axes[1], table), 1e-3)
+            return [self.cache.get(base.with_choice(method, (r,)).key) for r in axes[0]]
+        return [[self.cache.get(base.with_choice(method, (a, b)).key) for b in axes[1]] for a in axes[0]]
 
     @property
     def runtime(self) -> dict:

@@ -157,7 +157,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             by_name = {layer.module_name: layer for layer in layers}
             latency_model, constraints, fixed_cost = attach_latency_costs(
                 cfg, self.config, layers, candidates, constraints, by_name, net=model,
-                input_shape=_single_input_shape(self.config))
+                input_shape=_single_input_shape(self.config), grid_fixed=bool(cfg.rank_learning))
         elif metric == "latency":
             fixed_cost = 0.0
         else:
@@ -201,7 +201,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
                 "dense_macs": int(g.out_pixels * g.out_channels * g.in_channels * g.kh * g.kw),
                 "macs": factorized_macs(g, choice.method, choice.ranks),
                 "full_ranks": list(max_ranks(c.weight.shape, choice.method)),
-                **layer_latency(latency_model, c.name, choice),
+                **layer_latency(latency_model, c.name, choice, with_grid=bool(cfg.rank_learning)),
             }
         assert cand_names >= set(plan_layers)
         return {

@@ -50,11 +50,13 @@ def settings_from(cfg: TDConfig, nncf_config) -> LatencySettings:
 
 
 def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constraints: RankConstraints,
-                         candidate_layers: dict, net=None, input_shape=None
+                         candidate_layers: dict, net=None, input_shape=None, grid_fixed: bool = False
                          ) -> tuple[LatencyCostModel, RankConstraints, float]:
     """Measure what the selection needs; returns (cost model, constraints with the rank multiple, fixed cost).
 
-    ``layers``: every GraphLayer of the model; ``candidate_layers``: name -> GraphLayer of each candidate."""
+    ``layers``: every GraphLayer of the model; ``candidate_layers``: name -> GraphLayer of each candidate.
+    ``grid_fixed``: also measure a rank grid for the method of layers whose ranks the config fixes (rank learning
+    shrinks those ranks too)."""
     settings = settings_from(cfg, nncf_config)
     model = LatencyCostModel(settings)
     multiple = settings.rank_multiple if settings.rank_multiple else model.probe_rank_multiple()
@@ -64,7 +66,11 @@ def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constra
         layer = candidate_layers[c.name]
         spec = LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, int8=settings.int8)
         methods = {}
-        for method in c.methods if c.fixed is None else ():
+        if c.fixed is None:
+            grid_methods = c.methods
+        else:
+            grid_methods = (c.fixed.method,) if grid_fixed and not c.fixed.is_dense else ()
+        for method in grid_methods:
             limits = max_ranks(tuple(c.weight.shape), method)
             methods[method] = [rank_grid(full, constraints) for full in limits]
         model.add_layer(c.name, spec, methods)
@@ -200,7 +206,14 @@ def latency_summary(model: LatencyCostModel, problem: SelectionProblem, choices:
     }
 
 
-def layer_latency(model: Optional[LatencyCostModel], name: str, choice: RankChoice) -> dict:
+def layer_latency(model: Optional[LatencyCostModel], name: str, choice: RankChoice, with_grid: bool = False
+                  ) -> dict:
+    """The plan entry's latency fields; ``with_grid``: also the measured rank grid of the chosen method
+    (``latency_grid``: axes and values, for :func:`nncf_tdplugin.latency_model.interpolate`)."""
     if model is None:
         return {}
-    return {"latency_ms": model.cost(name, choice.method, choice.ranks), "dense_latency_ms": model.dense(name)}
+    out = {"latency_ms": model.cost(name, choice.method, choice.ranks), "dense_latency_ms": model.dense(name)}
+    if with_grid and not choice.is_dense:
+        axes = model.grids[(name, choice.method)]
+        out["latency_grid"] = {"axes": [list(a) for a in axes], "values": model.grid_values(name, choice.method)}
+    return out

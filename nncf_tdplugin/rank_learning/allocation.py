@@ -3,8 +3,9 @@
 Greedy knapsack (docs/rank_learning.md): start from every channel; repeatedly drop, in the group (gated rank mode of
 one layer) where it is cheapest per unit of cost saved, that group's least important remaining channel(s), until
 the model's cost is within the budget. A group's channels leave in increasing importance, ``rank_multiple`` at a
-time, never below ``min_rank``; the cost of a layer is the analytic cost of its factorisation at the ranks left
-(Tucker-2's core couples both ranks, so a group's marginal saving is recomputed whenever its layer changes).
+time (or as many multiples as it takes for the cost to fall), never below ``min_rank``; the cost of a layer is its
+cost in the budget metric at the ranks left (analytic for params and FLOPs, the measured grid for latency; Tucker-2's
+core couples both ranks, so a group's marginal saving is recomputed whenever its layer changes).
 """
 
 from dataclasses import dataclass
@@ -52,18 +53,20 @@ def allocate(groups: Sequence[GroupSpec], layer_ranks: dict[str, list[int]],
         return remainder if remainder else rank_multiple
 
     def candidate(i: int):
+        """The group's next move: drop its next step of channels, or several steps when the cost does not fall at
+        the first (a measured latency grid need not be monotonic in the rank)."""
         g = groups[i]
         count = ranks[g.layer][g.rank_index]
         n = step_size(i)
-        if count - n < max(1, g.min_rank):
-            return None
-        trial = list(ranks[g.layer])
-        trial[g.rank_index] = count - n
-        saving = costs[g.layer] - layer_cost(g.layer, trial)
-        if saving <= 0:
-            return None
-        lost = float(np.sum(g.importance[orders[i][dropped[i]: dropped[i] + n]] ** 2))
-        return lost / saving, n, trial
+        while count - n >= max(1, g.min_rank):
+            trial = list(ranks[g.layer])
+            trial[g.rank_index] = count - n
+            saving = costs[g.layer] - layer_cost(g.layer, trial)
+            if saving > 0:
+                lost = float(np.sum(g.importance[orders[i][dropped[i]: dropped[i] + n]] ** 2))
+                return lost / saving, n, trial
+            n += rank_multiple
+        return None
 
     cands = [candidate(i) for i in range(len(groups))]
     while total > budget_cost * (1 + 1e-12):

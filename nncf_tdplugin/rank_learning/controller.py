@@ -16,7 +16,7 @@ from nncf.common.logging import nncf_logger
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig
 from nncf_tdplugin.nncf_integration.controller import TensorDecompositionController
-from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics
+from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics, latency_rows
 from nncf_tdplugin.rank_learning.allocation import GroupSpec, allocate
 from nncf_tdplugin.rank_learning.gates import GateGroup, find_groups
 from nncf_tdplugin.rank_learning.loss import RankLearningLoss
@@ -179,6 +179,8 @@ class RankLearningController(TensorDecompositionController):
             entry["ranks"] = list(ranks)
             entry["params"] = factorized_params(g, entry["method"], ranks)
             entry["macs"] = factorized_macs(g, entry["method"], ranks)
+            if "latency_ms" in entry:  # the cost model's prediction at the final ranks
+                entry["latency_ms"] = self._layer_cost(name, ranks)
         assert all(new_ranks[n] == ranks_before[n] for n in new_ranks), (new_ranks, ranks_before)
         self.info["truncated"] = True
         self.plan["achieved_ratio"] = self.achieved_ratio
@@ -255,6 +257,8 @@ class RankLearningController(TensorDecompositionController):
             g = geometry_of(self.info, name)
             layers[name] = {**e, "ranks": ranks[name], "params": factorized_params(g, e["method"], ranks[name]),
                             "macs": factorized_macs(g, e["method"], ranks[name])}
+            if "latency_ms" in e:
+                layers[name]["latency_ms"] = self._layer_cost(name, ranks[name])
         sched = self._scheduler
         epoch = getattr(sched, "current_epoch", -1)
         state = "truncated" if self.truncated else ("frozen" if self.frozen else "learning")
@@ -268,6 +272,12 @@ class RankLearningController(TensorDecompositionController):
             "Initial ranks -> now": f"{sum(sum(r) for r in self.info['initial_ranks'].values())} -> "
                                     f"{sum(sum(r) for r in ranks.values())} rank channels",
         }
+        if self.info["metric"] == "latency":
+            rows = latency_rows(plan["latency"])  # where and how it was measured (the initial selection's record)
+            rows["Conv/Linear latency"] = (f"{self.info['dense_total']:.3f} ms -> {self.current_cost():.3f} ms "
+                                           f"({self.achieved_ratio:.3f}x, the cost model's grid at these ranks)")
+            rows["Rank multiple"] = self.info["rank_multiple"]
+            extra.update(rows)
         return self._statistics(layers, getattr(sched, "target_ratio", self.rl["target_ratio"]), self.achieved_ratio,
                                 extra)
 

@@ -27,6 +27,14 @@ def geometry_of(info: dict, name: str) -> LayerGeometry:
 
 
 def plan_cost(info: dict, name: str, method: str, ranks) -> float:
+    """The cost of one decomposed layer at ``ranks`` in the budget's metric: analytic for params and flops; for
+    latency, the per-layer cost model's grid of the layer (measured at decomposition, stored in the plan),
+    interpolated at ``ranks``."""
+    if info["metric"] == "latency":
+        from nncf_tdplugin.latency_model.cost_model import interpolate
+
+        grid = info["latency_grid"][name]
+        return interpolate(grid["axes"], grid["values"], ranks)
     return layer_cost(geometry_of(info, name), info["metric"], method, ranks)
 
 
@@ -39,19 +47,28 @@ def budget_info(layers, plan: dict[str, Any], cfg: TDConfig) -> dict[str, Any]:
         return float(dense_params(g) if metric == "params" else dense_macs(g))
 
     geometry = {name: dataclasses.asdict(by_name[name].geometry) for name in plan["layers"]}
-    decomposed_dense = sum(dense(by_name[name].geometry) for name in plan["layers"])
-    if plan.get("budget_scope", "model") == "model":
+    rank_multiple = cfg.rank_multiple
+    extra = {}
+    if metric == "latency":
+        # milliseconds of the cost model: the selection's dense total (its scope), each decomposed layer's measured
+        # dense latency, and its rank grid (moved out of the plan entry: rank learning owns it)
+        lat = plan["latency"]
+        dense_total = float(lat["dense_ms"])
+        fixed = dense_total - sum(float(e["dense_latency_ms"]) for e in plan["layers"].values())
+        extra["latency_grid"] = {name: e.pop("latency_grid") for name, e in plan["layers"].items()}
+        rank_multiple = int(lat["rank_multiple"])  # the probed multiple (combined with the config's)
+    elif plan.get("budget_scope", "model") == "model":
         dense_total = float(plan["model_params"] if metric == "params" else plan["model_macs"])
-        fixed = dense_total - decomposed_dense
+        fixed = dense_total - sum(dense(by_name[name].geometry) for name in plan["layers"])
     else:  # the decomposable layers only: those the selector kept dense count at their dense cost
         prefix = f"{plan['rank_selection']}: "
         fixed = sum(dense(by_name[n].geometry) for n, why in plan["skipped"].items()
                     if why.startswith(prefix) and n in by_name and by_name[n].geometry is not None)
-        dense_total = fixed + decomposed_dense
+        dense_total = fixed + sum(dense(by_name[name].geometry) for name in plan["layers"])
     return {
         "metric": metric, "geometry": geometry, "fixed_cost": fixed, "dense_total": dense_total,
         "initial_ranks": {name: list(e["ranks"]) for name, e in plan["layers"].items()},
-        "min_rank": cfg.min_rank, "rank_multiple": cfg.rank_multiple, "truncated": False,
+        "min_rank": cfg.min_rank, "rank_multiple": rank_multiple, "truncated": False, **extra,
     }
 
 
