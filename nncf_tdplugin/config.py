@@ -237,7 +237,7 @@ TD_SCHEMA: dict[str, Any] = {
             "per epoch) then shrink the ranks to budget.target_ratio; at the end the ranks are frozen and the factor "
             "layers are truncated to them (in strip()/export, or at once by ctrl.truncate()). Methods 'tucker2' and "
             "'svd'; every budget metric ('latency': the per-layer cost model's grid, interpolated per rank, "
-                           "stored in the plan).",
+            "stored in the plan).",
             "properties": {
                 "initial_ratio": {"type": "number", "exclusiveMinimum": 1,
                                   "description": "Budget ratio of the initial decomposition, below "
