@@ -63,7 +63,7 @@ def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
         if limit is not None:
             reached = best["flops_ratio" if metric == "flops" else "params_ratio"]
             results.append((f"{budget}: best of ours within {limit} points of dense",
-                            drop <= limit, f"{best['method']} {drop:.2f} points below dense at {reached:.2f}x"))
+                            drop <= limit, f"{best['method']} {-drop:+.2f} points vs dense at {reached:.2f}x"))
         others = [r for r in at if r["method"] in ("uniform+finetune", "filter_pruning")]
         for other in others:
             results.append((f"{budget}: ours ahead of {other['method']}", best["test_accuracy"] > other["test_accuracy"],

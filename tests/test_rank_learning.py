@@ -13,7 +13,7 @@ from nncf_tdplugin import TDConfigError
 from nncf_tdplugin.latency_model.cost_model import interpolate
 from nncf_tdplugin.layers import DecomposedConv2d, DecomposedLinear
 from nncf_tdplugin.rank_learning import RankGate, allocate, budget_ratio
-from nncf_tdplugin.rank_learning.allocation import GroupSpec
+from nncf_tdplugin.rank_learning.allocation import GroupSpec, smallest_rank
 from nncf_tdplugin.rank_learning.controller import RankLearningController
 from nncf_tdplugin.rank_learning.schedules import RankLearningScheduler
 from nncf_tdplugin.rank_learning.truncation import edge_activation_quantizers
@@ -115,6 +115,16 @@ def test_allocation_looks_past_a_rank_where_the_cost_does_not_fall():
     result = allocate(specs, {"a": [8]}, lambda layer, r: table[r[0]], fixed_cost=0.0, budget_cost=70.0)
     assert result.met and result.ranks == {"a": [6]} and result.cost == 60.0
     assert list(result.keep[0]) == [False, False] + [True] * 6
+
+
+@pytest.mark.parametrize("count, min_rank, multiple", [(17, 1, 16), (40, 1, 16), (8, 1, 16), (64, 20, 16),
+                                                      (24, 20, 16), (10, 3, 1), (12, 1, 4)])
+def test_smallest_rank_is_where_the_allocation_stops(count, min_rank, multiple):
+    # the builder's reachability check and maximal_compression_rate use smallest_rank: it must be the allocation's
+    spec = GroupSpec("a", 0, np.linspace(0.1, 1.0, count), min_rank)
+    result = allocate([spec], {"a": [count]}, lambda layer, r: float(r[0]), fixed_cost=0.0, budget_cost=0.0,
+                      rank_multiple=multiple)
+    assert not result.met and result.ranks["a"] == [smallest_rank(count, min_rank, multiple)]
 
 
 def test_schedules():

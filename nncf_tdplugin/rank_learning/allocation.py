@@ -22,6 +22,14 @@ class GroupSpec:
     min_rank: int = 1
 
 
+def smallest_rank(count: int, min_rank: int = 1, rank_multiple: int = 1) -> int:
+    """The smallest rank :func:`allocate` can shrink a rank of ``count`` channels to: the smallest multiple of
+    ``rank_multiple`` not below ``min_rank`` (and at least 1), or ``count`` itself if that is smaller."""
+    lowest = max(1, int(min_rank))
+    m = max(1, int(rank_multiple))
+    return min(int(count), -(-lowest // m) * m)
+
+
 @dataclass
 class Allocation:
     keep: list[np.ndarray]  # per group, a bool per channel

@@ -16,6 +16,7 @@ from nncf.torch.graph.transformations.commands import PTInsertionCommand, PTTarg
 from nncf.torch.graph.transformations.layout import PTTransformationLayout
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError
+from nncf_tdplugin.rank_learning.allocation import smallest_rank
 from nncf_tdplugin.rank_learning.gates import GATED_FACTORS, RankGate
 from nncf_tdplugin.rank_selection.cost import LayerGeometry, dense_macs, dense_params, layer_cost
 
@@ -132,13 +133,14 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
 
 
 def reachable_ratio(plan: dict[str, Any]) -> float:
-    """The largest ratio the gated ranks of the plan's layers reach, every gated rank at ``min_rank``."""
+    """The largest ratio the gated ranks of the plan's layers reach, every gated rank at the smallest rank the
+    Z-step allocation can shrink it to (``min_rank``, on the ``rank_multiple`` grid)."""
     info = plan["rank_learning"]
     cost = info["fixed_cost"]
     for name, entry in plan["layers"].items():
         ranks = list(entry["ranks"])
         for _, _, index in GATED_FACTORS.get(entry["method"], ()):
-            ranks[index] = min(max(1, info["min_rank"]), ranks[index])
+            ranks[index] = smallest_rank(ranks[index], info["min_rank"], info["rank_multiple"])
         cost += plan_cost(info, name, entry["method"], ranks)
     return info["dense_total"] / cost if cost > 0 else float("inf")
 
