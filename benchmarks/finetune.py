@@ -67,6 +67,11 @@ def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: 
         # (initial_ratio: the default, sqrt of the target, raised by the builder if the target is out of reach)
         block["rank_learning"] = {"num_epochs": max(1, epochs - 1),
                                   "update_every": update_every, "steps_per_epoch": steps_per_epoch}
+        if metric == "latency":
+            # at a mild latency ratio the search decomposes only the few layers with the largest measured savings
+            # (a decomposition at high ranks is slower than dense here), too few for the ranks to reach the target;
+            # uniform ranks decompose every layer that gets faster (docs/rank_learning.md, "Latency budgets")
+            block["rank_selection"] = "uniform"
     return block
 
 

@@ -152,5 +152,6 @@ def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
         raise TDConfigError(
             f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "
             f"decomposed {len(plan['layers'])} layer(s), whose ranks can reach at most {best:.3f}x, below "
-            f"budget.target_ratio {target}; raise initial_ratio (more layers get decomposed) or lower the target"
+            f"budget.target_ratio {target}; raise initial_ratio (more layers get decomposed), use rank_selection "
+            f"'uniform' (it decomposes every layer that gets cheaper), or lower the target"
         )
