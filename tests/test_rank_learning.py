@@ -310,8 +310,14 @@ def test_latency_budget_is_learned_on_the_cost_model_grid_and_resumes_without_me
     grid_cost = info["fixed_cost"] + sum(interpolate(grids[n]["axes"], grids[n]["values"], r)
                                          for n, r in ranks.items())
     assert td.achieved_ratio == pytest.approx(info["dense_total"] / grid_cost)
+    # at the freeze the frozen ranks were measured (as the fixed-ranks mode measures its final choice)
+    final = info["final_latency"]
+    assert final["ranks"] == ranks and final["predicted_ms"] == pytest.approx(grid_cost)
+    assert final["measured_ms"] > 0
+    assert final["measured_ratio"] == pytest.approx(info["dense_total"] / final["measured_ms"])
     text = ctrl.statistics().to_str()
     assert "Conv/Linear latency" in text and "the cost model's grid at these ranks" in text
+    assert "Frozen ranks, measured" in text
     # resume: the plan carries the grid, nothing is measured again (the cache is gone)
     shutil.rmtree(cache)
     ctrl2, model2 = compress(ConvStack(), td_block=section, quantization=False, compression_state=state)

@@ -215,5 +215,7 @@ def layer_latency(model: Optional[LatencyCostModel], name: str, choice: RankChoi
     out = {"latency_ms": model.cost(name, choice.method, choice.ranks), "dense_latency_ms": model.dense(name)}
     if with_grid and not choice.is_dense:
         axes = model.grids[(name, choice.method)]
-        out["latency_grid"] = {"axes": [list(a) for a in axes], "values": model.grid_values(name, choice.method)}
+        spec = {k: list(v) if isinstance(v, tuple) else v for k, v in model.layers[name].to_json().items()}
+        out["latency_grid"] = {"axes": [list(a) for a in axes], "values": model.grid_values(name, choice.method),
+                               "spec": {k: v for k, v in spec.items() if k != "key"}}  # the dense layer's spec
     return out

@@ -147,8 +147,44 @@ class RankLearningController(TensorDecompositionController):
         self._scheduler.frozen = True
         nncf_logger.info(f"{ALGO_NAME}.rank_learning: ranks frozen at {self.achieved_ratio:.3f}x "
                          f"(target {self.rl['target_ratio']:.3f}x)")
+        if self.info["metric"] == "latency":
+            self.measure_final_latency()
         if self.rl["truncate_at_freeze"]:
             self.truncate()
+
+    def measure_final_latency(self) -> Optional[dict]:
+        """Latency budget: measure the decomposed layers at the current ranks with the cost model (its settings and
+        cache; on this CPU) and record the measured and the predicted cost in ``plan["rank_learning"]
+        ["final_latency"]``, as the fixed-ranks mode measures its final choice. A failed measurement is logged and
+        leaves the prediction alone."""
+        from nncf_tdplugin.latency_model import LatencyCostModel, LatencySettings, LayerSpec
+
+        lat, options = self.plan["latency"], self.td_config.latency
+        settings = LatencySettings(precision=lat["precision"], threads=lat["threads"], int8=lat["int8"],
+                                   rank_multiple=lat["rank_multiple"], cache_dir=options.get("cache_dir"),
+                                   warmup=options["warmup"], iterations=options["iterations"],
+                                   repeats=options["repeats"])
+        ranks = self.current_ranks()
+        try:
+            model = LatencyCostModel(settings, progress=False)
+            for name in ranks:
+                spec = self.info["latency_grid"][name]["spec"]
+                fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+                model.add_layer(name, LayerSpec(**fields))
+            chosen = {n: (self.plan["layers"][n]["method"], r) for n, r in ranks.items()}
+            model.measure_choices(chosen)
+            measured = self.info["fixed_cost"] + sum(model.cost(n, m, r) for n, (m, r) in chosen.items())
+        except Exception as e:  # noqa: BLE001 - training goes on with the prediction
+            nncf_logger.warning(f"{ALGO_NAME}.rank_learning: could not measure the latency of the frozen ranks "
+                                f"({type(e).__name__}: {e}); the budget rests on the cost model's prediction")
+            return None
+        predicted = self.current_cost()
+        result = {"ranks": ranks, "predicted_ms": predicted, "measured_ms": measured,
+                  "measured_ratio": self.info["dense_total"] / measured}
+        self.info["final_latency"] = result
+        nncf_logger.info(f"{ALGO_NAME}.rank_learning: frozen ranks measured at {measured:.4f} ms "
+                         f"({result['measured_ratio']:.3f}x; the grid predicted {predicted:.4f} ms)")
+        return result
 
     # --- truncation ----------------------------------------------------------------------------------------------
     def _truncate_model(self, model) -> dict[str, list[int]]:
@@ -277,6 +313,10 @@ class RankLearningController(TensorDecompositionController):
             rows["Conv/Linear latency"] = (f"{self.info['dense_total']:.3f} ms -> {self.current_cost():.3f} ms "
                                            f"({self.achieved_ratio:.3f}x, the cost model's grid at these ranks)")
             rows["Rank multiple"] = self.info["rank_multiple"]
+            final = self.info.get("final_latency")
+            if final is not None and final["ranks"] == ranks:
+                rows["Frozen ranks, measured"] = (f"{final['measured_ms']:.3f} ms ({final['measured_ratio']:.3f}x, "
+                                                  f"target {self.rl['target_ratio']:.3f}x)")
             extra.update(rows)
         return self._statistics(layers, getattr(sched, "target_ratio", self.rl["target_ratio"]), self.achieved_ratio,
                                 extra)
