@@ -35,14 +35,6 @@ def compress_with_config(model: torch.nn.Module, input_size, td_block: dict, ext
     return ctrl, compressed.eval(), time.perf_counter() - start
 
 
-def td_controller(ctrl):
-    """The tensor_decomposition child of a (possibly composite) controller."""
-    for child in getattr(ctrl, "child_ctrls", [ctrl]):
-        if child.name == "tensor_decomposition":
-            return child
-    raise ValueError("no tensor_decomposition controller")
-
-
 @torch.no_grad()
 def logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()

@@ -40,7 +40,7 @@ from nncf.torch import create_compressed_model, register_default_init_args
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "samples"))
-from benchmarks.common import quiet_nncf, td_controller, write_and_print  # noqa: E402
+from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     evaluate,
     fashion_mnist_loaders,
@@ -48,6 +48,7 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
 )
 from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
 from fashion_mnist_rank_learning import finetune  # noqa: E402
+from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 
 COLUMNS = ["method", "budget", "flops_ratio", "params_ratio", "test_accuracy", "baseline_accuracy", "epochs",

@@ -35,6 +35,7 @@ import torchvision  # noqa: E402
 from nncf.torch import create_compressed_model, register_default_init_args  # noqa: E402
 
 from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
+from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.config import TDConfigError  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 
@@ -62,13 +63,6 @@ def _td_block(metric: str, ratio: float, precision: str, threads: int) -> dict:
     if metric == "latency":
         block["latency"] = {"precision": precision, "threads": threads}
     return block
-
-
-def _td_child(ctrl):
-    for child in getattr(ctrl, "child_ctrls", [ctrl]):
-        if child.name == "tensor_decomposition":
-            return child
-    return None
 
 
 def build_variant(model_name: str, name: str, algorithms: list, quantize: bool, workdir: pathlib.Path,
@@ -113,7 +107,7 @@ def build_variant(model_name: str, name: str, algorithms: list, quantize: bool, 
         export_pruned_ir(ctrl, example, xml)
     else:
         export_openvino(ctrl, example, xml)
-    td = _td_child(ctrl)
+    td = td_controller(ctrl)
     if td is not None:
         plan = td.plan
         meta["plan_achieved_ratio"] = plan.get("achieved_ratio")

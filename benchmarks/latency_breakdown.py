@@ -22,6 +22,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_and_print  # noqa: E402
 from nncf_tdplugin.export.latency import measure_many  # noqa: E402
 
 COLUMNS = ["method", "budget", "latency_ms", "conv_nodes", "kxk_nodes", "1x1_nodes", "kxk_ms", "1x1_ms",
@@ -65,9 +66,6 @@ def main(argv=None) -> int:
                            iterations=args.iterations, repeats=args.repeats, profile=True)
     out = [{"method": r["method"], "budget": r["budget"], "ir": r[key], **breakdown(res)}
            for r, res in zip(rows, results)]
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from benchmarks.common import write_and_print
-
     write_and_print(out, COLUMNS, args.json)
     return 0
 

@@ -19,7 +19,9 @@ import time
 import torch
 import torchvision
 
-from common import agreement, compress_with_config, load_factory, logits, quiet_nncf, td_controller, write_and_print
+from common import agreement, compress_with_config, load_factory, logits, quiet_nncf, write_and_print
+
+from nncf_tdplugin import td_controller
 
 SELECTORS = ["uniform", "energy", "vbmf", "search"]
 COLUMNS = ["model", "budget_metric", "target_ratio", "achieved_ratio", "selector", "search_seconds",

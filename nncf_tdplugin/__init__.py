@@ -53,4 +53,10 @@ def validate_config(nncf_config) -> TDConfig:
     return TDConfig.from_section(blocks[0])
 
 
-__all__ = ["ALGO_NAME", "TDConfig", "TDConfigError", "__version__", "validate_config"]
+def td_controller(ctrl):
+    """The ``tensor_decomposition`` controller in what ``create_compressed_model`` returned (a composite controller
+    when the config has several algorithms), or None if there is none."""
+    return next((c for c in getattr(ctrl, "child_ctrls", [ctrl]) if getattr(c, "name", None) == ALGO_NAME), None)
+
+
+__all__ = ["ALGO_NAME", "TDConfig", "TDConfigError", "__version__", "td_controller", "validate_config"]

@@ -29,6 +29,7 @@ import torch
 from nncf.torch import create_compressed_model, register_default_init_args
 from tqdm.auto import tqdm
 
+from nncf_tdplugin import td_controller
 from nncf_tdplugin.export import export_openvino, measure_latency
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,11 +41,6 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
 )
 
 DEFAULT_CONFIG = ROOT / "samples" / "configs" / "fashion_mnist_rank_learning.json"
-
-
-def td_child(ctrl):
-    """The tensor_decomposition controller of a (composite) controller, or None (e.g. filter pruning)."""
-    return next((c for c in getattr(ctrl, "child_ctrls", [ctrl]) if c.name == "tensor_decomposition"), None)
 
 
 def schedule_end(config: dict) -> int:
@@ -75,7 +71,7 @@ def finetune(ctrl, model, train_loader, epochs: int, lr: float, log=print, progr
             sched.step()
             seen, loss_sum = seen + len(y), loss_sum + loss.item() * len(y)
         line = f"epoch {epoch + 1}/{epochs}: loss {loss_sum / max(seen, 1):.4f}, {time.perf_counter() - start:.0f} s"
-        td = td_child(ctrl)
+        td = td_controller(ctrl)
         if td is not None:  # (the benchmark also fine-tunes other algorithms with this loop)
             stats = td.statistics().tensor_decomposition
             line += f", stage {td.compression_stage().name}, budget {stats.achieved_ratio:.3f}x"
@@ -145,7 +141,7 @@ def main(argv=None) -> int:
     config = nncf.NNCFConfig.from_dict(config_dict)
     config = register_default_init_args(config, train_loader)
     ctrl, compressed = create_compressed_model(model, config)
-    td = td_child(ctrl)
+    td = td_controller(ctrl)
     stats = td.statistics().tensor_decomposition
     before.update(params=stats.params_before, flops=stats.macs_before)
     print(f"decomposed at {td.achieved_ratio:.3f}x (initial), learning ranks to "

@@ -9,7 +9,7 @@ import pytest
 import torch
 from nncf.api.compression import CompressionStage
 
-from nncf_tdplugin import TDConfigError
+from nncf_tdplugin import TDConfigError, td_controller
 from nncf_tdplugin.latency_model.cost_model import interpolate
 from nncf_tdplugin.layers import DecomposedConv2d, DecomposedLinear
 from nncf_tdplugin.rank_learning import RankGate, allocate, budget_ratio
@@ -32,8 +32,9 @@ def block(target=3.0, metric="params", **rl):
 
 
 def td_ctrl(ctrl) -> RankLearningController:
-    children = getattr(ctrl, "child_ctrls", [ctrl])
-    return next(c for c in children if isinstance(c, RankLearningController))
+    td = td_controller(ctrl)  # the package's lookup, in composite (with quantization) and single controllers
+    assert isinstance(td, RankLearningController), type(td)
+    return td
 
 
 def run_epochs(ctrl, model, epochs, data, steps=None, lr=0.01):

@@ -58,6 +58,11 @@ class LayerSpec:
         return {**asdict(self), "key": self.key}
 
     @classmethod
+    def from_json(cls, data: dict) -> "LayerSpec":
+        """The inverse of :meth:`to_json` (also after a JSON round trip, which turns tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "key"})
+
+    @classmethod
     def of(cls, module: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int], int8: bool = False
            ) -> "LayerSpec":
         """The dense spec of a Conv2d/Linear call with input/output tensor shapes (batch first)."""

@@ -36,12 +36,14 @@ def quantization_follows(nncf_config) -> bool:
     return ALGO_NAME in algos and "quantization" in algos[algos.index(ALGO_NAME) + 1:]
 
 
-def settings_from(cfg: TDConfig, nncf_config) -> LatencySettings:
+def settings_from(cfg: TDConfig, nncf_config, int8: Optional[bool] = None) -> LatencySettings:
+    """The cost model's settings from the ``latency`` block; ``int8`` (if given) replaces the block's, whose
+    ``"auto"`` means: quantization follows this algorithm in ``nncf_config``."""
     lat = cfg.latency
-    int8 = lat.get("int8", "auto")
+    if int8 is None:
+        int8 = quantization_follows(nncf_config) if lat.get("int8", "auto") == "auto" else bool(lat["int8"])
     return LatencySettings(
-        precision=lat["precision"], threads=lat.get("threads"),
-        int8=quantization_follows(nncf_config) if int8 == "auto" else bool(int8),
+        precision=lat["precision"], threads=lat.get("threads"), int8=bool(int8),
         rank_multiple=None if lat["rank_multiple"] == "auto" else int(lat["rank_multiple"]),
         grid_points=lat["grid_points"], cache_dir=lat.get("cache_dir"), warmup=lat["warmup"],
         iterations=lat["iterations"], repeats=lat["repeats"], verify_rounds=lat["verify_rounds"],
@@ -215,7 +217,6 @@ def layer_latency(model: Optional[LatencyCostModel], name: str, choice: RankChoi
     out = {"latency_ms": model.cost(name, choice.method, choice.ranks), "dense_latency_ms": model.dense(name)}
     if with_grid and not choice.is_dense:
         axes = model.grids[(name, choice.method)]
-        spec = {k: list(v) if isinstance(v, tuple) else v for k, v in model.layers[name].to_json().items()}
         out["latency_grid"] = {"axes": [list(a) for a in axes], "values": model.grid_values(name, choice.method),
-                               "spec": {k: v for k, v in spec.items() if k != "key"}}  # the dense layer's spec
+                               "spec": model.layers[name].to_json()}  # the dense layer (to measure the final ranks)
     return out

@@ -157,20 +157,16 @@ class RankLearningController(TensorDecompositionController):
         cache; on this CPU) and record the measured and the predicted cost in ``plan["rank_learning"]
         ["final_latency"]``, as the fixed-ranks mode measures its final choice. A failed measurement is logged and
         leaves the prediction alone."""
-        from nncf_tdplugin.latency_model import LatencyCostModel, LatencySettings, LayerSpec
+        from nncf_tdplugin.latency_model import LatencyCostModel, LayerSpec
+        from nncf_tdplugin.nncf_integration.latency_budget import settings_from
 
-        lat, options = self.plan["latency"], self.td_config.latency
-        settings = LatencySettings(precision=lat["precision"], threads=lat["threads"], int8=lat["int8"],
-                                   rank_multiple=lat["rank_multiple"], cache_dir=options.get("cache_dir"),
-                                   warmup=options["warmup"], iterations=options["iterations"],
-                                   repeats=options["repeats"])
+        # the settings the grid was measured with (INT8 or not as the plan recorded it)
+        settings = settings_from(self.td_config, None, int8=self.plan["latency"]["int8"])
         ranks = self.current_ranks()
         try:
             model = LatencyCostModel(settings, progress=False)
             for name in ranks:
-                spec = self.info["latency_grid"][name]["spec"]
-                fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-                model.add_layer(name, LayerSpec(**fields))
+                model.add_layer(name, LayerSpec.from_json(self.info["latency_grid"][name]["spec"]))
             chosen = {n: (self.plan["layers"][n]["method"], r) for n, r in ranks.items()}
             model.measure_choices(chosen)
             measured = self.info["fixed_cost"] + sum(model.cost(n, m, r) for n, (m, r) in chosen.items())
@@ -312,7 +308,6 @@ class RankLearningController(TensorDecompositionController):
             rows = latency_rows(plan["latency"])  # where and how it was measured (the initial selection's record)
             rows["Conv/Linear latency"] = (f"{self.info['dense_total']:.3f} ms -> {self.current_cost():.3f} ms "
                                            f"({self.achieved_ratio:.3f}x, the cost model's grid at these ranks)")
-            rows["Rank multiple"] = self.info["rank_multiple"]
             final = self.info.get("final_latency")
             if final is not None and final["ranks"] == ranks:
                 rows["Frozen ranks, measured"] = (f"{final['measured_ms']:.3f} ms ({final['measured_ratio']:.3f}x, "
