@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "samples"))
 from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
+    DEFAULT_EPOCHS,
+    DEFAULT_WIDTHS,
     evaluate,
     fashion_mnist_loaders,
     get_trained_resnet_fmnist,
@@ -129,6 +131,11 @@ def main(argv=None) -> int:
     parser.add_argument("--budgets", default="flops:3,params:5", help="metric:ratio,... (default flops:3,params:5)")
     parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--widths", default=",".join(map(str, DEFAULT_WIDTHS)),
+                        help="stage widths of the trained network to compress (default %(default)s; 64,128,256,512 "
+                             "is ResNet-18's; a network not in the cache is trained first)")
+    parser.add_argument("--base-epochs", type=int, default=DEFAULT_EPOCHS,
+                        help="training epochs of the cached network (part of its cache name; default %(default)s)")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--train-subset", type=int)
     parser.add_argument("--test-subset", type=int)
@@ -141,7 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default="out/finetune")
     parser.add_argument("--resume", help="rows of an earlier run with the same --out-dir (its --json, or the "
                         "JSON.partial file written after each row): keep its rows (and IRs), run only the missing or "
-                        "failed ones, then time every IR again together")
+                        "failed ones, then time every IR again together; its rows of other budgets or methods are "
+                        "kept too, so that runs of different budgets end timed side by side")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -159,7 +167,11 @@ def main(argv=None) -> int:
     budgets = [(b.split(":")[0], float(b.split(":")[1])) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
 
-    base, _ = get_trained_resnet_fmnist()
+    try:
+        widths = tuple(int(w) for w in args.widths.split(","))
+    except ValueError:
+        parser.error(f"--widths must be 4 comma-separated integers, got {args.widths!r}")
+    base, _ = get_trained_resnet_fmnist(widths, args.base_epochs)
     train_loader, test_loader = fashion_mnist_loaders(128, train_subset=args.train_subset)
     if args.test_subset:
         test_loader = torch.utils.data.DataLoader(
@@ -213,6 +225,11 @@ def main(argv=None) -> int:
             pathlib.Path(args.json + ".partial").write_text(json.dumps(rows, indent=2))
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
+    ran = {(r["method"], r["budget"]) for r in rows}
+    for key, row in prior.items():  # rows of the earlier run that this one did not cover
+        if key not in ran:
+            print(f"== {key[0]} at {key[1]}: kept from {args.resume}")
+            rows.append(row)
     timed = [r for r in rows if "ir" in r]
     iterations, repeats = (30, 2) if args.quick else (100, 5)
     for key, latency_key in (("ir", "latency_ms_default"), ("ir_int8", "latency_ms_int8")):
@@ -234,6 +251,7 @@ def main(argv=None) -> int:
         r.setdefault("train_subset", args.train_subset)
         r.setdefault("test_subset", args.test_subset)
         r.setdefault("knowledge_distillation", args.kd)
+        r.setdefault("widths", list(widths))
     write_and_print(rows, COLUMNS, args.json)
     return 0
 

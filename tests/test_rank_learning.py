@@ -479,3 +479,33 @@ def test_default_initial_ratio_is_raised_when_the_target_is_out_of_reach(monkeyp
     given = {**section, "rank_learning": {"num_epochs": 2, "initial_ratio": 1.5}}
     with pytest.raises(TDConfigError, match=r"rank_learning\.initial_ratio: at 1\.500 the selection decomposed"):
         compress(td_block=given, quantization=False)
+
+
+def test_default_search_falls_back_to_uniform_initial_ranks_when_the_target_stays_out_of_reach(monkeypatch):
+    """If the default search's initial plans (raised towards the target) still cannot reach it, the initial
+    decomposition falls back to uniform ranks at the first initial_ratio; a rank_selection given in the config is
+    kept, and the unreachable target is then an error."""
+    from nncf_tdplugin.rank_learning import setup
+
+    real = setup.reachable_ratio
+    asked = []
+
+    def only_uniform_reaches(plan):  # pretend the search's plans decompose too few layers to reach 3x
+        asked.append((plan["rank_selection"], plan["rank_learning"]["initial_ratio"]))
+        return real(plan) if plan["rank_selection"] == "uniform" else 2.0
+
+    monkeypatch.setattr(setup, "reachable_ratio", only_uniform_reaches)
+    section = {"algorithm": "tensor_decomposition", "budget": {"metric": "params", "target_ratio": 3.0},
+               "rank_learning": {"num_epochs": 2}}
+    ctrl, model = compress(td_block=section, quantization=False)
+    td = td_ctrl(ctrl)
+    selections = [s for s, _ in asked]
+    assert selections[:4] == ["search"] * 4 and "uniform" in selections  # 1 try + 3 raised, then uniform
+    first_uniform = asked[selections.index("uniform")]
+    assert first_uniform[1] == pytest.approx(3.0 ** 0.5)  # back at the first initial_ratio
+    assert td.plan["rank_selection"] == "uniform"
+    assert real(td.plan) >= 3.0 and td.achieved_ratio >= td.rl["initial_ratio"]
+
+    given = {**section, "rank_selection": "search"}
+    with pytest.raises(TDConfigError, match=r"rank_learning\.initial_ratio: at .* the selection decomposed"):
+        compress(td_block=given, quantization=False)

@@ -112,7 +112,27 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
     """The plan of the initial decomposition, at ``initial_ratio``. A selection at a mild ratio may decompose too few
     layers for the ranks to reach the target (it decomposes the layers where low rank is cheapest first); with the
     default ``initial_ratio`` the ratio is then raised towards the target, geometrically, up to ``retries`` times
-    (logged). An ``initial_ratio`` given in the config is kept, and an unreachable target raises."""
+    (logged). If the default selection ('search', not set in the config) still falls short, the initial
+    decomposition falls back to 'uniform' ranks at the first ``initial_ratio`` (logged): uniform ranks decompose
+    every layer that gets cheaper, which is what a latency budget at a mild ratio needs. An ``initial_ratio`` or
+    ``rank_selection`` given in the config is kept, and an unreachable target raises."""
+    rl = cfg.rank_learning
+    r0, target = rl["initial_ratio"], rl["target_ratio"]
+    plan = _raise_until_reachable(make_plan, layers, cfg, retries)
+    best = reachable_ratio(plan)
+    if best < target and "rank_selection" not in cfg.raw and cfg.rank_selection == "search" and cfg.method != "auto":
+        nncf_logger.info(
+            f"{ALGO_NAME}.rank_learning: the search's initial plan (at {rl['initial_ratio']:.3f}) decomposed "
+            f"{len(plan['layers'])} layer(s), whose ranks reach at most {best:.3f}x < {target}; decomposing again "
+            f"with rank_selection 'uniform' at {r0:.3f}"
+        )
+        cfg.rank_selection, rl["initial_ratio"] = "uniform", r0
+        plan = _raise_until_reachable(make_plan, layers, cfg, retries)
+    _check_reachable(plan, cfg)
+    return plan
+
+
+def _raise_until_reachable(make_plan, layers, cfg: TDConfig, retries: int) -> dict[str, Any]:
     rl = cfg.rank_learning
     r0, target = rl["initial_ratio"], rl["target_ratio"]
     for attempt in range(retries + 1):
@@ -124,11 +144,10 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
             break
         rl["initial_ratio"] = r0 * (target / r0) ** ((attempt + 1) / (retries + 1))
         nncf_logger.info(
-            f"{ALGO_NAME}.rank_learning: at initial_ratio {plan['rank_learning']['initial_ratio']:.3f} the selection "
-            f"decomposed {len(plan['layers'])} layer(s), whose ranks reach at most {best:.3f}x < {target}; "
-            f"decomposing again at {rl['initial_ratio']:.3f}"
+            f"{ALGO_NAME}.rank_learning: at initial_ratio {plan['rank_learning']['initial_ratio']:.3f} the "
+            f"{cfg.rank_selection} selection decomposed {len(plan['layers'])} layer(s), whose ranks reach at most "
+            f"{best:.3f}x < {target}; decomposing again at {rl['initial_ratio']:.3f}"
         )
-    _check_reachable(plan, cfg)
     return plan
 
 
