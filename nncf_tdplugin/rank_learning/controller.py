@@ -21,7 +21,7 @@ from nncf_tdplugin.rank_learning.allocation import GroupSpec, allocate
 from nncf_tdplugin.rank_learning.gates import GateGroup, find_groups
 from nncf_tdplugin.rank_learning.loss import RankLearningLoss
 from nncf_tdplugin.rank_learning.schedules import RankLearningScheduler
-from nncf_tdplugin.rank_learning.setup import factor_nodes, geometry_of, plan_cost, reachable_ratio
+from nncf_tdplugin.rank_learning.setup import factor_nodes, geometry_of, plan_cost, rank_key, reachable_ratio
 from nncf_tdplugin.rank_learning.truncation import (
     edge_activation_quantizers,
     patch_quantization_state,
@@ -63,8 +63,10 @@ class RankLearningController(TensorDecompositionController):
         super().load_state(state)
 
     # --- budget bookkeeping --------------------------------------------------------------------------------------
-    def _layer_cost(self, name: str, ranks) -> float:
-        return plan_cost(self.info, name, self.plan["layers"][name]["method"], ranks)
+    def _layer_cost(self, name: str, ranks, measured: bool = True) -> float:
+        """The layer's cost at ``ranks`` (latency: the grid's prediction, or the freeze's measurement if any and
+        ``measured``)."""
+        return plan_cost(self.info, name, self.plan["layers"][name]["method"], ranks, measured)
 
     def current_ranks(self) -> dict[str, list[int]]:
         """Ranks of every decomposed layer now: the channels kept by the latest projection (truncated: actual)."""
@@ -73,8 +75,8 @@ class RankLearningController(TensorDecompositionController):
             ranks[g.layer][g.rank_index] = int(g.gate.keep.sum().item())
         return ranks
 
-    def current_cost(self) -> float:
-        return self.info["fixed_cost"] + sum(self._layer_cost(n, r) for n, r in self.current_ranks().items())
+    def current_cost(self, measured: bool = True) -> float:
+        return self.info["fixed_cost"] + sum(self._layer_cost(n, r, measured) for n, r in self.current_ranks().items())
 
     @property
     def achieved_ratio(self) -> float:
@@ -101,9 +103,9 @@ class RankLearningController(TensorDecompositionController):
         return (values.abs() * s / norm).double().cpu().numpy()
 
     @torch.no_grad()
-    def z_step(self, ratio: float, dual: bool = True, hard: bool = False) -> None:
-        """Project g + u onto the budget ``dense_total / ratio`` (greedy allocation), update z, u, keep, masks
-        (progressive masking, or ``hard``) and the cost weights of the loss."""
+    def z_step(self, ratio: float, dual: bool = True, hard: bool = False, margin: float = 0.0) -> None:
+        """Project g + u onto the budget ``dense_total / ratio - margin`` (greedy allocation on the predicted costs),
+        update z, u, keep, masks (progressive masking, or ``hard``) and the cost weights of the loss."""
         if not self.groups:
             return
         self._refresh_scales()
@@ -111,8 +113,8 @@ class RankLearningController(TensorDecompositionController):
         specs = [GroupSpec(g.layer, g.rank_index, self._importance(g, v), self.info["min_rank"])
                  for g, v in zip(self.groups, values)]
         full = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
-        result = allocate(specs, full, self._layer_cost, self.info["fixed_cost"], self.info["dense_total"] / ratio,
-                          self.info["rank_multiple"])
+        result = allocate(specs, full, lambda n, r: self._layer_cost(n, r, measured=False), self.info["fixed_cost"],
+                          self.info["dense_total"] / ratio - margin, self.info["rank_multiple"])
         if not result.met:
             nncf_logger.warning(f"{ALGO_NAME}.rank_learning: budget ratio {ratio:.3f} is not reachable; the ranks "
                                 f"are at their minimum ({self.info['dense_total'] / result.cost:.3f}x)")
@@ -136,45 +138,71 @@ class RankLearningController(TensorDecompositionController):
             r = list(ranks[g.layer])
             trial = list(r)
             trial[g.rank_index] = max(r[g.rank_index] - 1, 0)
-            savings.append(max(self._layer_cost(g.layer, r) - self._layer_cost(g.layer, trial), 0.0))
+            savings.append(max(self._layer_cost(g.layer, r, False) - self._layer_cost(g.layer, trial, False), 0.0))
         mean = float(np.mean(savings)) if savings else 1.0
         for g, s in zip(self.groups, savings):
             g.gate.cost_weight.fill_(s / mean if mean > 0 else 1.0)
 
     def freeze(self) -> None:
-        """Final projection onto the target budget with hard masks; the loss becomes zero."""
+        """Final projection onto the target budget with hard masks; the loss becomes zero. Under a latency budget
+        the frozen ranks are measured, and projected again while the measurement misses the target."""
         self.z_step(self.rl["target_ratio"], dual=False, hard=True)
         self._scheduler.frozen = True
+        if self.info["metric"] == "latency":
+            self._measure_and_reproject()
         nncf_logger.info(f"{ALGO_NAME}.rank_learning: ranks frozen at {self.achieved_ratio:.3f}x "
                          f"(target {self.rl['target_ratio']:.3f}x)")
-        if self.info["metric"] == "latency":
-            self.measure_final_latency()
         if self.rl["truncate_at_freeze"]:
             self.truncate()
+
+    def _measure_and_reproject(self, rounds: int = 3) -> None:
+        """Measure the frozen ranks; while the measured ratio misses the target, project again onto a budget
+        tightened by the prediction's error at the last measured ranks (measured - predicted), and measure the new
+        ranks: at most ``rounds`` projections, as the fixed-ranks mode's measure-select loop."""
+        target = self.rl["target_ratio"]
+        for attempt in range(rounds + 1):
+            result = self.measure_final_latency()
+            if result is None or result["measured_ratio"] >= target * (1 - 1e-9):
+                return
+            if attempt == rounds:
+                break
+            margin = result["measured_ms"] - result["predicted_ms"]
+            nncf_logger.info(f"{ALGO_NAME}.rank_learning: frozen ranks measured at {result['measured_ratio']:.3f}x "
+                             f"< target {target:.3f}x, {margin:.4f} ms over the grid's prediction; projecting again "
+                             f"onto a budget that much tighter")
+            self.z_step(target, dual=False, hard=True, margin=max(margin, 0.0))
+            if self.current_ranks() == result["ranks"]:  # already at the smallest ranks the allocation reaches
+                break
+        nncf_logger.warning(f"{ALGO_NAME}.rank_learning: latency budget NOT met by the frozen ranks after "
+                            f"measuring: {self.info['final_latency']['measured_ratio']:.3f}x, target {target:.3f}x")
 
     def measure_final_latency(self) -> Optional[dict]:
         """Latency budget: measure the decomposed layers at the current ranks with the cost model (its settings and
         cache; on this CPU) and record the measured and the predicted cost in ``plan["rank_learning"]
-        ["final_latency"]``, as the fixed-ranks mode measures its final choice. A failed measurement is logged and
-        leaves the prediction alone."""
+        ["final_latency"]``, and each layer's measurement in ``plan["rank_learning"]["measured_ms"]``, where it
+        replaces the grid's interpolation at those ranks from then on. A failed measurement is logged and leaves the
+        prediction alone."""
         from nncf_tdplugin.latency_model import LatencyCostModel, LayerSpec
         from nncf_tdplugin.nncf_integration.latency_budget import settings_from
 
         # the settings the grid was measured with (INT8 or not as the plan recorded it)
         settings = settings_from(self.td_config, None, int8=self.plan["latency"]["int8"])
         ranks = self.current_ranks()
+        predicted = self.current_cost(measured=False)
         try:
             model = LatencyCostModel(settings, progress=False)
             for name in ranks:
                 model.add_layer(name, LayerSpec.from_json(self.info["latency_grid"][name]["spec"]))
             chosen = {n: (self.plan["layers"][n]["method"], r) for n, r in ranks.items()}
             model.measure_choices(chosen)
-            measured = self.info["fixed_cost"] + sum(model.cost(n, m, r) for n, (m, r) in chosen.items())
+            layer_ms = {n: float(model.cost(n, m, r)) for n, (m, r) in chosen.items()}
         except Exception as e:  # noqa: BLE001 - training goes on with the prediction
             nncf_logger.warning(f"{ALGO_NAME}.rank_learning: could not measure the latency of the frozen ranks "
                                 f"({type(e).__name__}: {e}); the budget rests on the cost model's prediction")
             return None
-        predicted = self.current_cost()
+        measured = self.info["fixed_cost"] + sum(layer_ms.values())
+        for n, ms in layer_ms.items():
+            self.info.setdefault("measured_ms", {}).setdefault(n, {})[rank_key(ranks[n])] = ms
         result = {"ranks": ranks, "predicted_ms": predicted, "measured_ms": measured,
                   "measured_ratio": self.info["dense_total"] / measured}
         self.info["final_latency"] = result

@@ -27,13 +27,21 @@ def geometry_of(info: dict, name: str) -> LayerGeometry:
     return LayerGeometry(**g)
 
 
-def plan_cost(info: dict, name: str, method: str, ranks) -> float:
+def rank_key(ranks) -> str:
+    """Key of a rank tuple in ``plan["rank_learning"]["measured_ms"][layer]`` (JSON keys are strings)."""
+    return ",".join(str(int(r)) for r in ranks)
+
+
+def plan_cost(info: dict, name: str, method: str, ranks, measured: bool = True) -> float:
     """The cost of one decomposed layer at ``ranks`` in the budget's metric: analytic for params and flops; for
     latency, the per-layer cost model's grid of the layer (measured at decomposition, stored in the plan),
-    interpolated at ``ranks``."""
+    interpolated at ``ranks``, or (``measured``) its measurement at ``ranks`` if the freeze measured them."""
     if info["metric"] == "latency":
         from nncf_tdplugin.latency_model.cost_model import interpolate
 
+        value = info.get("measured_ms", {}).get(name, {}).get(rank_key(ranks)) if measured else None
+        if value is not None:  # measured at the freeze: the measurement replaces the interpolation
+            return float(value)
         grid = info["latency_grid"][name]
         return interpolate(grid["axes"], grid["values"], ranks)
     return layer_cost(geometry_of(info, name), info["metric"], method, ranks)
@@ -171,6 +179,8 @@ def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
         raise TDConfigError(
             f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "
             f"decomposed {len(plan['layers'])} layer(s), whose ranks can reach at most {best:.3f}x, below "
-            f"budget.target_ratio {target}; raise initial_ratio (more layers get decomposed), use rank_selection "
-            f"'uniform' (it decomposes every layer that gets cheaper), or lower the target"
+            f"budget.target_ratio {target}; raise initial_ratio (more layers get decomposed), "
+            + ("" if cfg.rank_selection == "uniform" else
+               "use rank_selection 'uniform' (it decomposes every layer that gets cheaper), ")
+            + "or lower the target"
         )
