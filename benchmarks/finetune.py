@@ -6,6 +6,10 @@ accuracy).
 
     python benchmarks/finetune.py --json benchmarks/results/finetune.json                # hours on 2 cores
     python benchmarks/finetune.py --json /tmp/finetune_quick.json --quick                # minutes, small subsets
+    python benchmarks/finetune.py --widths 64,128,256,512 --base-epochs 3 ...            # ResNet-18's widths
+
+Runs of different budgets or methods can be combined: each --resume keeps the earlier rows and times every IR again
+with the new ones, side by side (docs/rank_learning.md, "ResNet-18 widths", lists the commands of such a run).
 
 Rows: method, budget (metric:ratio), flops_ratio and params_ratio (MACs and weights of the Convolution/MatMul ops
 of the exported IRs, against the dense IR: the same count for every method, pruning included), test_accuracy (f32,
@@ -16,7 +20,8 @@ OpenVINO's pruning transformation (benchmarks/pruning.py). Pruning targets the F
 the same budget reached, gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as rank learning
 shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes. A budget
 ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
-its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row.
+its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
+``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the f32 hint, as the INT8 column is timed.
 """
 
 import argparse
@@ -60,9 +65,12 @@ INPUT = [1, 1, 28, 28]
 
 def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: int, steps_per_epoch: int,
              latency_threads: int) -> dict:
+    int8 = metric == "latency_int8"  # the latency of INT8 layers, timed as the INT8 rows are (f32 hint)
+    metric = "latency" if int8 else metric
     block = {"algorithm": "tensor_decomposition", "budget": {"metric": metric, "target_ratio": ratio}}
     if metric == "latency":  # the per-layer OpenVINO cost model, at the precision and threads the rows are timed at
-        block["latency"] = {"precision": "default", "threads": latency_threads}
+        block["latency"] = ({"precision": "f32", "int8": True, "threads": latency_threads} if int8
+                            else {"precision": "default", "threads": latency_threads})
     if method == "uniform":
         block["rank_selection"] = "uniform"
     elif method == "rank_learning":
@@ -128,7 +136,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", required=True, help="output rows")
     parser.add_argument("--quick", action="store_true",
                         help="one budget (flops:3), 2 epochs of 2000 images, 2000 test images, fewer timings")
-    parser.add_argument("--budgets", default="flops:3,params:5", help="metric:ratio,... (default flops:3,params:5)")
+    parser.add_argument("--budgets", default="flops:3,params:5",
+                        help="metric:ratio,... with metric flops, params, latency or latency_int8 (default %(default)s)")
     parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--widths", default=",".join(map(str, DEFAULT_WIDTHS)),

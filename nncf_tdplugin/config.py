@@ -237,14 +237,15 @@ TD_SCHEMA: dict[str, Any] = {
             "per epoch) then shrink the ranks to budget.target_ratio; at the end the ranks are frozen and the factor "
             "layers are truncated to them (in strip()/export, or at once by ctrl.truncate()). Methods 'tucker2' and "
             "'svd'; every budget metric ('latency': the per-layer cost model's grid, interpolated per rank, "
-            "stored in the plan).",
+            "stored in the plan; the frozen ranks are measured and projected again if they miss the target).",
             "properties": {
                 "initial_ratio": {"type": "number", "exclusiveMinimum": 1,
                                   "description": "Budget ratio of the initial decomposition, below "
                                   "budget.target_ratio (generous ranks to learn from). Default: the square root of "
                                   "budget.target_ratio, raised towards the target (logged) if the layers the "
-                                  "selection decomposes at it cannot shrink to the target; a given value is kept "
-                                  "and an unreachable target is an error."},
+                                  "selection decomposes at it cannot shrink to the target, and if the default "
+                                  "'search' still falls short the initial ranks are 'uniform' (logged); a given "
+                                  "value (or rank_selection) is kept and an unreachable target is an error."},
                 "schedule": {"enum": ["exponential", "multistep"], "default": "exponential",
                              "description": "How the budget goes from 'initial_ratio' to budget.target_ratio: "
                              "'exponential' (geometric in the ratio over 'num_epochs', updated at every Z-step) or "

@@ -25,6 +25,10 @@ Measured on this machine (2 CPU cores shared with other jobs, torch.set_num_thre
 * 4 epochs (the default since 2026-11-30, with the recipe fixes below) -> **92.88 %**, 1112 s of training on a
   quiet 2-core Intel Xeon (203 s per epoch after the first, which shared the cores with a test run).
 
+* ResNet-18's own widths (64, 128, 256, 512) = 11.2 M parameters, `--widths 64,128,256,512 --epochs 3` ->
+  **92.50 %**, 2563 s of training (~690 s per epoch when the cores were not shared; the first epoch shared them with
+  test runs). Used for the accuracy-vs-latency comparison in docs/rank_learning.md ("ResNet-18 widths").
+
 3 epochs passed the 92 % bar with a small margin (0.27 points, one seed), so the default is 4 epochs. Narrower widths would train faster, but the
 decomposition benchmarks need k x k convs with >= 64 channels, which (32, 64, 128, 256) has in stages 2-4.
 The cached model was trained before two small recipe fixes (augmentation padded with the normalised value 0, i.e.
