@@ -155,11 +155,12 @@ class RankLearningController(TensorDecompositionController):
         if self.rl["truncate_at_freeze"]:
             self.truncate()
 
-    def _measure_and_reproject(self, rounds: int = 3) -> None:
+    def _measure_and_reproject(self) -> None:
         """Measure the frozen ranks; while the measured ratio misses the target, project again onto a budget
         tightened by the prediction's error at the last measured ranks (measured - predicted), and measure the new
-        ranks: at most ``rounds`` projections, as the fixed-ranks mode's measure-select loop."""
-        target = self.rl["target_ratio"]
+        ranks: at most ``latency.verify_rounds`` projections, the bound of the fixed-ranks mode's measure-select
+        loop."""
+        target, rounds = self.rl["target_ratio"], int(self.td_config.latency["verify_rounds"])
         for attempt in range(rounds + 1):
             result = self.measure_final_latency()
             if result is None or result["measured_ratio"] >= target * (1 - 1e-9):
@@ -179,9 +180,9 @@ class RankLearningController(TensorDecompositionController):
     def measure_final_latency(self) -> Optional[dict]:
         """Latency budget: measure the decomposed layers at the current ranks with the cost model (its settings and
         cache; on this CPU) and record the measured and the predicted cost in ``plan["rank_learning"]
-        ["final_latency"]``, and each layer's measurement in ``plan["rank_learning"]["measured_ms"]``, where it
-        replaces the grid's interpolation at those ranks from then on. A failed measurement is logged and leaves the
-        prediction alone."""
+        ["final_latency"]``, and each layer's measurement in ``plan["rank_learning"]["measured_ms"]``, which the
+        reported cost (``current_cost``, ``achieved_ratio``) reads at those ranks from then on; the Z-step keeps
+        projecting on the grid. A failed measurement is logged and leaves the prediction alone."""
         from nncf_tdplugin.latency_model import LatencyCostModel, LayerSpec
         from nncf_tdplugin.nncf_integration.latency_budget import settings_from
 
@@ -334,8 +335,10 @@ class RankLearningController(TensorDecompositionController):
         }
         if self.info["metric"] == "latency":
             rows = latency_rows(plan["latency"])  # where and how it was measured (the initial selection's record)
-            rows["Conv/Linear latency"] = (f"{self.info['dense_total']:.3f} ms -> {self.current_cost():.3f} ms "
-                                           f"({self.achieved_ratio:.3f}x, the cost model's grid at these ranks)")
+            predicted = self.current_cost(measured=False)
+            rows["Conv/Linear latency"] = (f"{self.info['dense_total']:.3f} ms -> {predicted:.3f} ms "
+                                           f"({self.info['dense_total'] / predicted:.3f}x, the cost model's grid at "
+                                           f"these ranks)")
             final = self.info.get("final_latency")
             if final is not None and final["ranks"] == ranks:
                 rows["Frozen ranks, measured"] = (f"{final['measured_ms']:.3f} ms ({final['measured_ratio']:.3f}x, "

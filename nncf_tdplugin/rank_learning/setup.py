@@ -120,7 +120,7 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
     """The plan of the initial decomposition, at ``initial_ratio``. A selection at a mild ratio may decompose too few
     layers for the ranks to reach the target (it decomposes the layers where low rank is cheapest first); with the
     default ``initial_ratio`` the ratio is then raised towards the target, geometrically, up to ``retries`` times
-    (logged). If the default selection ('search', not set in the config) still falls short, the initial
+    (logged). If the default selection ('search', neither set nor configured) still falls short, the initial
     decomposition falls back to 'uniform' ranks at the first ``initial_ratio`` (logged): uniform ranks decompose
     every layer that gets cheaper, which is what a latency budget at a mild ratio needs. An ``initial_ratio`` or
     ``rank_selection`` given in the config is kept, and an unreachable target raises."""
@@ -128,7 +128,8 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
     r0, target = rl["initial_ratio"], rl["target_ratio"]
     plan = _raise_until_reachable(make_plan, layers, cfg, retries)
     best = reachable_ratio(plan)
-    if best < target and "rank_selection" not in cfg.raw and cfg.rank_selection == "search" and cfg.method != "auto":
+    chosen = any(key in cfg.raw for key in ("rank_selection", "search")) or cfg.method == "auto"  # search needed
+    if best < target and cfg.rank_selection == "search" and not chosen:
         nncf_logger.info(
             f"{ALGO_NAME}.rank_learning: the search's initial plan (at {rl['initial_ratio']:.3f}) decomposed "
             f"{len(plan['layers'])} layer(s), whose ranks reach at most {best:.3f}x < {target}; decomposing again "
