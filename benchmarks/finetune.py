@@ -8,6 +8,8 @@ accuracy).
     python benchmarks/finetune.py --json /tmp/finetune_quick.json --quick                # minutes, small subsets
     python benchmarks/finetune.py --widths 64,128,256,512 --base-epochs 3 ...            # ResNet-18's widths
 
+``--seeds 0,1,2`` runs every method and budget once per seed (the seed sets the data order and augmentation of the
+fine-tuning, set again before each row) and ends with the mean over seeds; a seed's IRs get a ``_s<seed>`` suffix.
 Runs of different budgets or methods can be combined: each --resume keeps the earlier rows and times every IR again
 with the new ones, side by side (docs/rank_learning.md, "ResNet-18 widths", lists the commands of such a run).
 
@@ -58,7 +60,7 @@ from fashion_mnist_rank_learning import finetune  # noqa: E402
 from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 
-COLUMNS = ["method", "budget", "flops_ratio", "params_ratio", "test_accuracy", "baseline_accuracy", "epochs",
+COLUMNS = ["method", "budget", "seed", "flops_ratio", "params_ratio", "test_accuracy", "baseline_accuracy", "epochs",
            "latency_ms_default", "latency_ms_int8", "precision_default", "precision_int8", "achieved_ratio", "seconds"]
 INPUT = [1, 1, 28, 28]
 
@@ -94,9 +96,11 @@ def quantize_ir(xml: pathlib.Path, calibration: list, out: pathlib.Path) -> path
     return out
 
 
-def run_method(name, budget, base_model, loaders, args, out_dir, calibration, baseline, flops_for_pruning=None):
+def run_method(name, budget, base_model, loaders, args, out_dir, calibration, baseline, flops_for_pruning=None,
+               seed=0):
     train_loader, test_loader = loaders
     metric, ratio = budget
+    torch.manual_seed(seed)  # the data order, augmentation and any random init of this row, whatever ran before it
     model = copy.deepcopy(base_model)
     start = time.perf_counter()
     if name == "filter_pruning":
@@ -115,7 +119,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None),
              progress=args.verbose)
     accuracy = evaluate(compressed, test_loader, progress=False)
-    tag = f"{name.replace('+', '_')}_{metric}{ratio:g}"
+    tag = row_tag(name, f"{metric}:{ratio:g}", seed)
     example = torch.randn(*INPUT)
     if name == "filter_pruning":
         xml = export_pruned_ir(ctrl, example, out_dir / f"{tag}.xml")
@@ -125,10 +129,38 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         achieved = td_controller(ctrl).statistics().tensor_decomposition.achieved_ratio
     int8 = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml")
     cost = ir_cost(xml, INPUT)
-    return {"method": name, "budget": f"{metric}:{ratio:g}", "flops_ratio": baseline["macs"] / cost["macs"],
-            "params_ratio": baseline["weights"] / cost["weights"], "test_accuracy": accuracy,
+    return {"method": name, "budget": f"{metric}:{ratio:g}", "seed": seed,
+            "flops_ratio": baseline["macs"] / cost["macs"], "params_ratio": baseline["weights"] / cost["weights"],
+            "test_accuracy": accuracy,
             "baseline_accuracy": baseline["accuracy"], "epochs": args.epochs, "achieved_ratio": achieved,
             "seconds": time.perf_counter() - start, "ir": str(xml), "ir_int8": str(int8)}
+
+
+def row_tag(method: str, budget: str, seed: int) -> str:
+    """File stem of a row's IRs (seed 0 keeps the names of the runs made before --seeds existed)."""
+    if method == "dense":
+        return "dense"
+    return f"{method.replace('+', '_')}_{budget.replace(':', '')}" + (f"_s{seed}" if seed else "")
+
+
+def seed_summary(rows: list) -> list:
+    """Mean and spread over seeds of each (method, budget) that ran with more than one seed."""
+    groups = {}
+    for r in rows:
+        if r["method"] != "dense" and "test_accuracy" in r:
+            groups.setdefault((r["method"], r["budget"]), []).append(r)
+    summary = []
+    for (method, budget), group in groups.items():
+        if len(group) < 2:
+            continue
+        accuracy = np.array([r["test_accuracy"] for r in group])
+        row = {"method": method, "budget": budget, "seeds": len(group), "mean_accuracy": float(accuracy.mean()),
+               "min_accuracy": float(accuracy.min()), "max_accuracy": float(accuracy.max())}
+        for key in ("flops_ratio", "params_ratio", "latency_ms_default", "latency_ms_int8"):
+            values = [r[key] for r in group if r.get(key) is not None]
+            row["mean_" + key] = float(np.mean(values)) if values else None
+        summary.append(row)
+    return summary
 
 
 def main(argv=None) -> int:
@@ -139,6 +171,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budgets", default="flops:3,params:5",
                         help="metric:ratio,... with metric flops, params, latency or latency_int8 (default %(default)s)")
     parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds of the fine-tuning runs (data order, augmentation): each method "
+                             "and budget runs once per seed, and the table ends with the mean over seeds")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--widths", default=",".join(map(str, DEFAULT_WIDTHS)),
                         help="stage widths of the trained network to compress (default %(default)s; 64,128,256,512 "
@@ -159,6 +194,8 @@ def main(argv=None) -> int:
                         "JSON.partial file written after each row): keep its rows (and IRs), run only the missing or "
                         "failed ones, then time every IR again together; its rows of other budgets or methods are "
                         "kept too, so that runs of different budgets end timed side by side")
+    parser.add_argument("--no-timing", action="store_true",
+                        help="write the rows without timing the IRs (a later --resume run times them all together)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -175,6 +212,10 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     budgets = [(b.split(":")[0], float(b.split(":")[1])) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
 
     try:
         widths = tuple(int(w) for w in args.widths.split(","))
@@ -192,39 +233,44 @@ def main(argv=None) -> int:
         for r in json.loads(pathlib.Path(args.resume).read_text()):
             if "error" in r:
                 continue
-            tag = "dense" if r["method"] == "dense" else f"{r['method'].replace('+', '_')}_{r['budget'].replace(':', '')}"
+            r.setdefault("seed", None if r["method"] == "dense" else 0)
+            tag = row_tag(r["method"], r["budget"], r["seed"] or 0)
             r.setdefault("ir", str(out_dir / f"{tag}.xml"))
             r.setdefault("ir_int8", str(out_dir / f"{tag}_int8.xml"))
-            prior[(r["method"], r["budget"])] = r
+            prior[(r["method"], r["budget"], r["seed"] or 0)] = r
     dense_xml = export_openvino(base, example, out_dir / "dense.xml")
     baseline = {"accuracy": evaluate(base, test_loader, progress=False), **ir_cost(dense_xml, INPUT)}
-    rows = [{"method": "dense", "budget": "-", "flops_ratio": 1.0, "params_ratio": 1.0,
+    rows = [{"method": "dense", "budget": "-", "seed": None, "flops_ratio": 1.0, "params_ratio": 1.0,
              "test_accuracy": baseline["accuracy"], "baseline_accuracy": baseline["accuracy"], "epochs": 0,
              "ir": str(dense_xml), "ir_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
     for budget in budgets:
-        search_flops = None
-        for name in methods:
+        label = f"{budget[0]}:{budget[1]:g}"
+        # the data-free search is deterministic: its FLOPs ratio is the same for every seed (an earlier run's search
+        # row sets the ratio that pruning matches when this run does not run the search)
+        search_flops = next((r["flops_ratio"] for (m, b, _), r in prior.items()
+                             if m == "search+finetune" and b == label), None)
+        for seed, name in [(seed, name) for seed in seeds for name in methods]:
             if name == "filter_pruning":
                 ratio = search_flops or (budget[1] if budget[0] == "flops" else None)
                 if ratio is None:
                     print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
                     continue
-            label = f"{budget[0]}:{budget[1]:g}"
-            if (name, label) in prior:
-                row = prior[(name, label)]
+            where = f"{name} at {label}" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
+            if (name, label, seed) in prior:
+                row = prior[(name, label, seed)]
                 rows.append(row)
                 search_flops = row["flops_ratio"] if name == "search+finetune" else search_flops
-                print(f"== {name} at {label}: kept from {args.resume}")
+                print(f"== {where}: kept from {args.resume}")
                 continue
-            print(f"== {name} at {label}", flush=True)
+            print(f"== {where}", flush=True)
             try:
                 row = run_method(name, budget, base, (train_loader, test_loader), args, out_dir, calibration,
-                                 baseline, flops_for_pruning=search_flops or budget[1])
+                                 baseline, flops_for_pruning=search_flops or budget[1], seed=seed)
             except Exception as e:  # noqa: BLE001 - a failing method must not lose the other rows
                 print(f"   failed: {type(e).__name__}: {e}", flush=True)
                 if args.verbose:
                     traceback.print_exc()
-                rows.append({"method": name, "budget": f"{budget[0]}:{budget[1]:g}", "error": str(e)})
+                rows.append({"method": name, "budget": label, "seed": seed, "error": str(e)})
                 continue
             if name == "search+finetune":
                 search_flops = row["flops_ratio"]
@@ -234,14 +280,14 @@ def main(argv=None) -> int:
             pathlib.Path(args.json + ".partial").write_text(json.dumps(rows, indent=2))
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
-    ran = {(r["method"], r["budget"]) for r in rows}
+    ran = {(r["method"], r["budget"], r.get("seed") or 0) for r in rows}
     for key, row in prior.items():  # rows of the earlier run that this one did not cover
         if key not in ran:
-            print(f"== {key[0]} at {key[1]}: kept from {args.resume}")
+            print(f"== {key[0]} at {key[1]}, seed {key[2]}: kept from {args.resume}")
             rows.append(row)
-    timed = [r for r in rows if "ir" in r]
+    timed = [r for r in rows if "ir" in r] if not args.no_timing else []
     iterations, repeats = (30, 2) if args.quick else (100, 5)
-    for key, latency_key in (("ir", "latency_ms_default"), ("ir_int8", "latency_ms_int8")):
+    for key, latency_key in (("ir", "latency_ms_default"), ("ir_int8", "latency_ms_int8")) if timed else ():
         # every row of a column at one precision: the CPU's default, or f32 for all of them if OpenVINO cannot
         # compile one of the IRs at the default (seen for the INT8 IRs of this network on an AVX512-BF16 CPU:
         # "No suitable implementations"); INT8 layers run in INT8 either way, the hint sets the precision of the rest
@@ -262,6 +308,12 @@ def main(argv=None) -> int:
         r.setdefault("knowledge_distillation", args.kd)
         r.setdefault("widths", list(widths))
     write_and_print(rows, COLUMNS, args.json)
+    summary = seed_summary(rows)
+    if summary:
+        print("\nmean over seeds:")
+        write_and_print(summary, ["method", "budget", "seeds", "mean_accuracy", "min_accuracy", "max_accuracy",
+                                  "mean_flops_ratio", "mean_params_ratio", "mean_latency_ms_default",
+                                  "mean_latency_ms_int8"], None)
     return 0
 
 

@@ -9,6 +9,8 @@ Targets (issue 4), with "ours" = search+finetune and rank_learning:
 - at every budget, the best of ours ahead of uniform+finetune and filter_pruning in accuracy;
 - every filter_pruning point dominated by a point of ours (higher accuracy at equal or lower latency), for each
   latency column.
+A method and budget that ran with several seeds (finetune.py --seeds) enters the targets and the plot as its mean
+over the seeds (accuracy, ratios and latencies).
 """
 
 import argparse
@@ -26,12 +28,40 @@ def _ok(rows):
     return [r for r in rows if "error" not in r and r.get("test_accuracy") is not None]
 
 
+MEAN_KEYS = ("test_accuracy", "flops_ratio", "params_ratio", "latency_ms_default", "latency_ms_int8")
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (method, budget): the row itself, or the mean over its seeds (with "seeds" and the accuracy
+    range)."""
+    groups = {}
+    for r in _ok(rows):
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        mean = dict(group[0], seeds=len(group), seed=None,
+                    accuracy_range=(min(r["test_accuracy"] for r in group), max(r["test_accuracy"] for r in group)))
+        for key in MEAN_KEYS:
+            values = [r[key] for r in group if r.get(key) is not None]
+            mean[key] = sum(values) / len(values) if values else None
+        out.append(mean)
+    return out
+
+
+def _name(r: dict) -> str:
+    return f"{r['method']}" + (f" (mean of {r['seeds']} seeds)" if r.get("seeds") else "")
+
+
 def table(rows: list[dict]) -> str:
-    out = ["| method | budget | FLOPs ratio | params ratio | test accuracy | vs dense | epochs | latency default ms | "
-           "latency INT8 ms |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| method | budget | seed | FLOPs ratio | params ratio | test accuracy | vs dense | epochs | "
+           "latency default ms | latency INT8 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['method']} | {r['budget']} | failed: {r['error'][:80]} | | | | | | |")
+            out.append(f"| {r['method']} | {r['budget']} | {r.get('seed', '')} | failed: {r['error'][:80]} "
+                       "| | | | | | |")
             continue
         delta = 100 * (r["test_accuracy"] - r["baseline_accuracy"])
 
@@ -40,15 +70,17 @@ def table(rows: list[dict]) -> str:
             suffix = "" if r.get(key.replace("latency_ms", "precision"), "default") == "default" else " (f32)"
             return "" if value is None else f"{value:.3f}{suffix}"
 
-        out.append(f"| {r['method']} | {r['budget']} | {r['flops_ratio']:.2f} | {r['params_ratio']:.2f} | "
+        seed = r.get("seed", None if r["method"] == "dense" else 0)  # rows made before --seeds ran at seed 0
+        seed = f"mean of {r['seeds']}" if r.get("seeds") else ("" if seed is None else seed)
+        out.append(f"| {r['method']} | {r['budget']} | {seed} | {r['flops_ratio']:.2f} | {r['params_ratio']:.2f} | "
                    f"{100 * r['test_accuracy']:.2f}% | {delta:+.2f} | {r['epochs']} | "
                    f"{ms('latency_ms_default')} | {ms('latency_ms_int8')} |")
     return "\n".join(out)
 
 
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
-    """(target, met, evidence) for each issue-4 target the rows can answer."""
-    rows = _ok(rows)
+    """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged)."""
+    rows = aggregate(rows)
     results = []
     budgets = sorted({r["budget"] for r in rows if r["method"] != "dense"})
     for budget in budgets:
@@ -63,11 +95,12 @@ def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
         if limit is not None:
             reached = best["flops_ratio" if metric == "flops" else "params_ratio"]
             results.append((f"{budget}: best of ours within {limit} points of dense",
-                            drop <= limit, f"{best['method']} {-drop:+.2f} points vs dense at {reached:.2f}x"))
+                            drop <= limit, f"{_name(best)} {-drop:+.2f} points vs dense at {reached:.2f}x"))
         others = [r for r in at if r["method"] in ("uniform+finetune", "filter_pruning")]
         for other in others:
             results.append((f"{budget}: ours ahead of {other['method']}", best["test_accuracy"] > other["test_accuracy"],
-                            f"{100 * best['test_accuracy']:.2f}% vs {100 * other['test_accuracy']:.2f}%"))
+                            f"{_name(best)} {100 * best['test_accuracy']:.2f}% vs {_name(other)} "
+                            f"{100 * other['test_accuracy']:.2f}%"))
     pruning = [r for r in rows if r["method"] == "filter_pruning"]
     ours = [r for r in rows if r["method"] in OURS]
     for key, label in LATENCIES:
@@ -90,7 +123,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _ok(rows)
+    rows = aggregate(rows)
     fig, axes = plt.subplots(1, len(LATENCIES), figsize=(6 * len(LATENCIES), 4.5))
     for ax, (key, label) in zip(axes, LATENCIES):
         seen = set()
