@@ -48,6 +48,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "samples"))
 from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
+from benchmarks.finetune_report import aggregate  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     DEFAULT_EPOCHS,
     DEFAULT_WIDTHS,
@@ -141,26 +142,6 @@ def row_tag(method: str, budget: str, seed: int) -> str:
     if method == "dense":
         return "dense"
     return f"{method.replace('+', '_')}_{budget.replace(':', '')}" + (f"_s{seed}" if seed else "")
-
-
-def seed_summary(rows: list) -> list:
-    """Mean and spread over seeds of each (method, budget) that ran with more than one seed."""
-    groups = {}
-    for r in rows:
-        if r["method"] != "dense" and "test_accuracy" in r:
-            groups.setdefault((r["method"], r["budget"]), []).append(r)
-    summary = []
-    for (method, budget), group in groups.items():
-        if len(group) < 2:
-            continue
-        accuracy = np.array([r["test_accuracy"] for r in group])
-        row = {"method": method, "budget": budget, "seeds": len(group), "mean_accuracy": float(accuracy.mean()),
-               "min_accuracy": float(accuracy.min()), "max_accuracy": float(accuracy.max())}
-        for key in ("flops_ratio", "params_ratio", "latency_ms_default", "latency_ms_int8"):
-            values = [r[key] for r in group if r.get(key) is not None]
-            row["mean_" + key] = float(np.mean(values)) if values else None
-        summary.append(row)
-    return summary
 
 
 def main(argv=None) -> int:
@@ -308,12 +289,11 @@ def main(argv=None) -> int:
         r.setdefault("knowledge_distillation", args.kd)
         r.setdefault("widths", list(widths))
     write_and_print(rows, COLUMNS, args.json)
-    summary = seed_summary(rows)
+    summary = [r for r in aggregate(rows) if r.get("seeds")]
     if summary:
         print("\nmean over seeds:")
-        write_and_print(summary, ["method", "budget", "seeds", "mean_accuracy", "min_accuracy", "max_accuracy",
-                                  "mean_flops_ratio", "mean_params_ratio", "mean_latency_ms_default",
-                                  "mean_latency_ms_int8"], None)
+        write_and_print(summary, ["method", "budget", "seeds", "test_accuracy", "accuracy_range", "flops_ratio",
+                                  "params_ratio", "latency_ms_default", "latency_ms_int8"], None)
     return 0
 
 

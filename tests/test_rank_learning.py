@@ -16,6 +16,7 @@ from nncf_tdplugin.rank_learning import RankGate, allocate, budget_ratio
 from nncf_tdplugin.rank_learning.allocation import GroupSpec, smallest_rank
 from nncf_tdplugin.rank_learning.controller import RankLearningController
 from nncf_tdplugin.rank_learning.schedules import RankLearningScheduler
+from nncf_tdplugin.rank_learning.setup import rank_key
 from nncf_tdplugin.rank_learning.truncation import edge_activation_quantizers
 from tests.models import ConvStack, LowRankCNN
 from tests.nncf_helpers import compress, loader, make_config
@@ -323,9 +324,9 @@ def test_latency_budget_is_learned_on_the_cost_model_grid_and_resumes_without_me
     assert 1.6 <= td.achieved_ratio <= 1.6 * 1.25
     grids = info["latency_grid"]
     for n, r in ranks.items():
-        assert td._layer_cost(n, r) == pytest.approx(info["measured_ms"][n][",".join(map(str, r))])
+        assert td._layer_cost(n, r) == pytest.approx(info["measured_ms"][n][rank_key(r)])
         smaller = [max(4, r[0] - 4)] + list(r[1:])  # not measured: the grid's interpolation
-        if ",".join(map(str, smaller)) not in info["measured_ms"][n]:
+        if rank_key(smaller) not in info["measured_ms"][n]:
             assert td._layer_cost(n, smaller) == pytest.approx(interpolate(grids[n]["axes"], grids[n]["values"],
                                                                            smaller))
     text = ctrl.statistics().to_str()
@@ -554,7 +555,7 @@ def test_frozen_ranks_that_measure_slower_than_the_grid_are_projected_again(tmp_
     assert channels[-1] < channels[0]
     # the measurements are kept per layer and rank, and the budget reads them at the frozen ranks
     for name, ranks in last["ranks"].items():
-        assert td.info["measured_ms"][name][",".join(map(str, ranks))] == pytest.approx(
+        assert td.info["measured_ms"][name][rank_key(ranks)] == pytest.approx(
             1.15 * interpolate(grids[name]["axes"], grids[name]["values"], ranks))
     assert td.current_ranks() == last["ranks"] and td.info["final_latency"] == last
     assert td.current_cost() == pytest.approx(last["measured_ms"])
