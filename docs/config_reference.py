@@ -43,6 +43,8 @@ def rows(schema: dict, prefix: str = ""):
             extra = spec.get("additionalProperties")
             if isinstance(extra, dict) and "properties" in extra:
                 yield from rows(extra, path + ".<name>.")
+        if spec.get("type") == "array" and "properties" in spec.get("items", {}):
+            yield from rows(spec["items"], path + "[].")
 
 
 def table() -> str:

@@ -104,6 +104,26 @@ TD_SCHEMA: dict[str, Any] = {
                     "description": "'model': the ratio is for the whole model (layers left dense included); "
                     "'decomposable': for the layers that may be decomposed only.",
                 },
+                "additional": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["metric", "target_ratio"],
+                        "properties": {
+                            "metric": {"enum": ["params", "flops"],
+                                       "description": "Metric of this budget, other than budget.metric."},
+                            "target_ratio": {"type": "number", "exclusiveMinimum": 1,
+                                             "description": "How many times smaller the model must be in it."},
+                        },
+                    },
+                    "description": "Further budgets the ranks must meet as well (same 'scope'), e.g. "
+                    "[{\"metric\": \"flops\", \"target_ratio\": 3}] with metric 'params' for a model 5x smaller "
+                    "and 3x cheaper to run. Rank selection 'search' has one penalty per budget in its loss and its "
+                    "repair meets all of them; 'uniform', 'energy' and 'vbmf' take the largest ranks that meet "
+                    "all. Not with 'rank_learning' yet.",
+                },
             },
         },
         "latency": {
@@ -349,6 +369,7 @@ class TDConfig:
     budget_metric: str = "params"
     target_ratio: float = 2.0
     budget_scope: str = "decomposable"
+    additional_budgets: tuple = ()  # ((metric, target_ratio), ...): budget.additional
     rank_fraction: Optional[float] = None
     min_rank: int = 1
     max_rank_fraction: float = 1.0
@@ -408,6 +429,7 @@ class TDConfig:
                 f"{_path(['budget'])}: a fixed 'energy_threshold' sets the ranks, so there is no budget to meet; "
                 f"remove one of them"
             )
+        additional = _additional_budgets(budget, "rank_learning" in section)
         if "latency" in section and budget["metric"] != "latency":
             raise TDConfigError(
                 f"{_path(['latency'])}: only used with budget.metric 'latency', but the metric is "
@@ -435,6 +457,7 @@ class TDConfig:
             budget_metric=budget["metric"],
             target_ratio=float(budget["target_ratio"]),
             budget_scope=budget["scope"],
+            additional_budgets=additional,
             rank_fraction=section.get("rank_fraction"),
             min_rank=constraints["min_rank"],
             max_rank_fraction=float(constraints["max_rank_fraction"]),
@@ -453,6 +476,25 @@ class TDConfig:
             rank_learning=_rank_learning(section, selection, budget) if "rank_learning" in section else None,
             raw=dict(section),
         )
+
+
+def _additional_budgets(budget: dict, rank_learning: bool) -> tuple:
+    """budget.additional as ((metric, target_ratio), ...); each metric once, none equal to budget.metric."""
+    given = budget.get("additional", [])
+    if given and rank_learning:
+        raise TDConfigError(f"{_path(['budget', 'additional'])}: not supported with 'rank_learning' yet (its "
+                            f"gates are allocated under one budget metric); use one budget, or rank_selection "
+                            f"'search' without 'rank_learning'")
+    seen = {budget["metric"]: "budget.metric"}
+    out = []
+    for i, entry in enumerate(given):
+        metric = entry["metric"]
+        if metric in seen:
+            raise TDConfigError(f"{_path(['budget', 'additional', i, 'metric'])}: {metric!r} is already the "
+                                f"metric of {seen[metric]}; each metric may have one budget")
+        seen[metric] = f"budget.additional[{i}]"
+        out.append((metric, float(entry["target_ratio"])))
+    return tuple(out)
 
 
 def _rank_learning(section: dict, selection: str, budget: dict) -> dict:

@@ -169,6 +169,21 @@ def test_a_layer_slower_decomposed_stays_dense(selector):
     assert problem.ratio(choices) >= 1.25 - 1e-9
 
 
+def test_a_slower_layer_stays_decomposed_when_an_additional_budget_needs_it():
+    """As above, but a params budget that needs both layers decomposed: 'slow' keeps its factors (reverting it to
+    dense would break budget.additional), and both budgets hold."""
+    dense = {"slow": 1.0, "fast": 1.0}
+    predicted = lambda key: 0.1 + 0.8 * (key[2][0] * key[2][1]) / 32 ** 2  # noqa: E731
+    measured = lambda key: 1.2 if key[0] == "slow" else predicted(key)  # noqa: E731
+    fake = FakeLatency(dense, measured, predicted)
+    problem = SelectionProblem([_candidate("slow", fake), _candidate("fast", fake)], Budget("latency", 1.05),
+                               RankConstraints(rank_multiple=4), fixed_cost=0.0,
+                               additional=(Budget("params", 2.5),), additional_fixed_costs={"params": 0.0})
+    choices = select_with_measurements(RANK_SELECTORS["search"](), problem, fake)
+    assert not choices["slow"].is_dense and not choices["fast"].is_dense
+    assert problem.within_budgets(choices), problem.ratios(choices)
+
+
 def test_an_optimistic_predictor_cannot_break_the_budget():
     """Every prediction is 30% too fast and no re-selection round is allowed: the plan must still meet the budget on
     measured costs, by selecting among measured options (the grid) only."""

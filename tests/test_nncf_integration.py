@@ -134,6 +134,24 @@ def test_budgeted_selectors_through_the_config(selection):
         assert all(r % 4 == 0 or r == f for r, f in zip(entry["ranks"], entry["full_ranks"]))
 
 
+@pytest.mark.parametrize("selection", ["uniform", "search"])
+def test_additional_flops_budget_through_the_config(selection):
+    params_only = {"algorithm": "tensor_decomposition", "rank_selection": selection,
+                   "budget": {"metric": "params", "target_ratio": 2.0}}
+    td_alone = compress(td_block=params_only, quantization=False)[0].statistics().tensor_decomposition
+    flops_target = round(td_alone.macs_ratio * 1.5, 2)  # tighter than what the parameter budget gives
+    both = {**params_only, "budget": {**params_only["budget"],
+                                      "additional": [{"metric": "flops", "target_ratio": flops_target}]}}
+    ctrl, _ = compress(td_block=both, quantization=False)
+    td = ctrl.statistics().tensor_decomposition
+    assert td.params_ratio >= 2.0 and td.macs_ratio >= flops_target, (td.params_ratio, td.macs_ratio)
+    plan = ctrl.get_compression_state()["builder_state"]["tensor_decomposition"]["plan"]
+    assert plan["additional"] == [{"metric": "flops", "target_ratio": flops_target,
+                                   "achieved_ratio": pytest.approx(td.macs_ratio)}]
+    assert "Also flops budget" in td.to_str()
+    assert f"{flops_target:.3f}x target, {td.macs_ratio:.3f}x reached (model)" in td.to_str()
+
+
 def test_auto_method_search_and_resume_without_searching(monkeypatch):
     block = {"algorithm": "tensor_decomposition", "rank_selection": "search", "method": "auto",
              "budget": {"metric": "flops", "target_ratio": 2.0}}

@@ -172,3 +172,47 @@ def test_rank_grid_clamping():
     assert c.clamp(5.2, 14) == 6
     assert c.clamp(100, 14) == 7  # the cap wins even if it is not a multiple
     assert RankConstraints().clamp(0, 10) == 1
+
+
+def two_budget_problem(params_ratio, flops_ratio=None):
+    """Layers at different resolutions, so that parameters and FLOPs rank the layers differently: the early,
+    high-resolution layer holds few weights and most of the MACs."""
+    torch.manual_seed(2)
+    cands = [
+        conv_candidate("early", 48, 32, 3, low_rank_conv_weight(48, 32, 3, 20, 16, 0.05), hw=32),
+        conv_candidate("mid", 96, 64, 3, low_rank_conv_weight(96, 64, 3, 24, 20, 0.05), hw=16),
+        conv_candidate("late", 192, 128, 3, low_rank_conv_weight(192, 128, 3, 40, 32, 0.05), hw=4),
+    ]
+    extra = (Budget("flops", flops_ratio),) if flops_ratio else ()
+    return SelectionProblem(cands, Budget("params", params_ratio), RankConstraints(), fixed_cost=0.0,
+                            additional=extra, additional_fixed_costs={"flops": 0.0} if extra else {})
+
+
+@pytest.mark.parametrize("name", BUDGETED)
+def test_additional_budget_is_met_as_well(name):
+    alone = two_budget_problem(4.0)
+    problem = two_budget_problem(4.0, flops_ratio=5.0)
+    choices = RANK_SELECTORS[name]().select(problem)
+    ratios = problem.ratios(choices)
+    assert ratios["params"] >= 4.0 * (1 - 1e-9) and ratios["flops"] >= 5.0 * (1 - 1e-9), ratios
+    assert problem.within_budgets(choices) and not problem.missed(choices)
+    # the FLOPs budget binds: the parameter budget alone leaves the model well short of 5x FLOPs
+    alone_choices = RANK_SELECTORS[name]().select(alone)
+    alone_flops = problem.dense_cost_in("flops") / problem.cost_in("flops", alone_choices)
+    assert alone_flops < 4.5, alone_flops
+    if name == "search":  # the repair lands just under the binding budget
+        assert ratios["flops"] <= 5.0 * 1.03, ratios
+
+
+def test_search_with_one_budget_matches_the_additional_free_problem():
+    """An additional budget that the primary one already implies changes nothing."""
+    plain = two_budget_problem(4.0)
+    implied = two_budget_problem(4.0, flops_ratio=1.01)
+    assert RANK_SELECTORS["search"]().select(plain) == RANK_SELECTORS["search"]().select(implied)
+
+
+@pytest.mark.parametrize("name", BUDGETED)
+def test_unreachable_additional_budget_names_its_metric(name):
+    problem = two_budget_problem(2.0, flops_ratio=500.0)
+    with pytest.raises(BudgetUnreachableError, match=r"flops target_ratio=500 .*unreachable"):
+        RANK_SELECTORS[name]().select(problem)

@@ -160,10 +160,14 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
                 input_shape=_single_input_shape(self.config), grid_fixed=bool(cfg.rank_learning))
         elif metric == "latency":
             fixed_cost = 0.0
-        else:
-            cand_cost = sum(c.dense_cost(metric) for c in candidates)
-            fixed_cost = (float(model_params if metric == "params" else model_macs) - cand_cost
-                          if cfg.budget_scope == "model" else 0.0)
+
+        def analytic_fixed_cost(m: str) -> float:  # the cost outside the candidates, in params or MACs
+            cand_cost = sum(c.dense_cost(m) for c in candidates)
+            return (float(model_params if m == "params" else model_macs) - cand_cost
+                    if cfg.budget_scope == "model" else 0.0)
+
+        if metric != "latency":
+            fixed_cost = analytic_fixed_cost(metric)
         problem = SelectionProblem(
             candidates=candidates,
             budget=Budget(metric, cfg.selection_ratio),  # initial_ratio when ranks are learned in training
@@ -172,6 +176,8 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             seed=cfg.seed,
             options={"rank_fraction": cfg.rank_fraction, "energy_threshold": cfg.energy_threshold,
                      "search": cfg.search},
+            additional=tuple(Budget(m, r) for m, r in cfg.additional_budgets),
+            additional_fixed_costs={m: analytic_fixed_cost(m) for m, _ in cfg.additional_budgets},
         )
         if not candidates:
             nncf_logger.warning(f"{ALGO_NAME}: no layer can be decomposed ({len(skipped)} skipped); model unchanged")
@@ -209,6 +215,9 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             "target_ratio": cfg.target_ratio if cfg.rank_selection != "fraction" else None,
             "budget_scope": cfg.budget_scope,
             "achieved_ratio": problem.ratio(choices) if candidates else 1.0,
+            **({"additional": [{"metric": b.metric, "target_ratio": b.target_ratio,
+                                "achieved_ratio": problem.ratios(choices)[b.metric] if candidates else 1.0}
+                               for b in problem.additional]} if problem.additional else {}),
             "model_params": model_params, "model_macs": model_macs,
             **({"latency": latency_summary(latency_model, problem, choices)} if latency_model is not None else {}),
         }

@@ -11,7 +11,11 @@ from nncf.torch.nncf_network import NNCFNetwork
 from torch import nn
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig
-from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics, latency_rows
+from nncf_tdplugin.nncf_integration.statistics import (
+    TensorDecompositionStatistics,
+    additional_budget_rows,
+    latency_rows,
+)
 
 
 class TensorDecompositionLoss(PTCompressionLoss):
@@ -77,7 +81,8 @@ class TensorDecompositionController(PTCompressionAlgorithmController):
     def _collect(self) -> TensorDecompositionStatistics:
         plan = self.plan
         return self._statistics(plan["layers"], plan["target_ratio"], plan.get("achieved_ratio"),
-                                latency_rows(plan.get("latency")))
+                                {**additional_budget_rows(plan.get("additional"), plan.get("budget_scope", "model")),
+                                 **latency_rows(plan.get("latency"))})
 
     def _statistics(self, layers: dict, target_ratio: float, achieved_ratio, extra) -> TensorDecompositionStatistics:
         """The statistics of ``layers`` (plan entries with their current ranks and costs)."""

@@ -173,15 +173,16 @@ def select_with_measurements(selector: RankSelector, problem: SelectionProblem, 
             pass
         finally:
             model.measured_only = False
-    out = {}
+    out = dict(choices)
     for cand in problem.candidates:
         choice = choices.get(cand.name)
         if choice is not None and not choice.is_dense and cand.fixed is None:
             ms, dense_ms = model.cost(cand.name, choice.method, choice.ranks), model.dense(cand.name)
             if ms >= dense_ms:
-                choice = RankChoice("dense", reason=f"{choice.method} {list(choice.ranks)} measured {ms:.4f} ms, "
-                                                    f"not faster than dense {dense_ms:.4f} ms")
-        out[cand.name] = choice
+                out[cand.name] = RankChoice("dense", reason=f"{choice.method} {list(choice.ranks)} measured "
+                                                            f"{ms:.4f} ms, not faster than dense {dense_ms:.4f} ms")
+                if problem.missed(out):  # dense would break a budget.additional (params/flops): keep the factors
+                    out[cand.name] = choice
     return out
 
 

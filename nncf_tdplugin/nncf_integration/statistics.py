@@ -27,6 +27,12 @@ def latency_rows(latency: Optional[dict]) -> dict[str, Any]:
     }
 
 
+def additional_budget_rows(additional: Optional[list], scope: str) -> dict[str, Any]:
+    """Summary rows for budget.additional (the plan's ``additional`` record), empty without it."""
+    return {f"Also {b['metric']} budget": f"{b['target_ratio']:.3f}x target, {b['achieved_ratio']:.3f}x reached "
+                                          f"({scope})" for b in additional or []}
+
+
 @dataclass
 class TensorDecompositionStatistics(Statistics):
     """Per-layer decisions and the model-level budget reached.

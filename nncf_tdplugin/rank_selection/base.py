@@ -90,7 +90,11 @@ class LayerCandidate:
 @dataclass
 class SelectionProblem:
     """Everything a selector needs. ``fixed_cost`` is the cost of the model outside the candidates (layers that
-    stay dense, BN, embeddings...), so budgets are for the whole model: total_dense / achieved = ratio."""
+    stay dense, BN, embeddings...), so budgets are for the whole model: total_dense / achieved = ratio.
+
+    ``additional`` are further budgets the choice must also meet (e.g. 5x parameters *and* 3x FLOPs), each with
+    the fixed cost in its own metric in ``additional_fixed_costs``. ``budget`` stays the primary one: the metric
+    the rank menus are Pareto-optimal in, and the one a latency cost model measures."""
 
     candidates: list[LayerCandidate]
     budget: Budget
@@ -98,21 +102,55 @@ class SelectionProblem:
     fixed_cost: float
     seed: int = 0
     options: dict = field(default_factory=dict)
+    additional: tuple[Budget, ...] = ()
+    additional_fixed_costs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def budgets(self) -> list[Budget]:
+        """Every budget the choice must meet, the primary one first."""
+        return [self.budget, *self.additional]
+
+    def fixed_cost_in(self, metric: str) -> float:
+        return self.fixed_cost if metric == self.budget.metric else self.additional_fixed_costs[metric]
+
+    def dense_cost_in(self, metric: str) -> float:
+        return self.fixed_cost_in(metric) + sum(c.dense_cost(metric) for c in self.candidates)
+
+    def cost_in(self, metric: str, choices: dict[str, RankChoice]) -> float:
+        return self.fixed_cost_in(metric) + sum(c.cost(metric, choices.get(c.name, DENSE)) for c in self.candidates)
+
+    def target_cost_in(self, budget: Budget) -> float:
+        return self.dense_cost_in(budget.metric) / budget.target_ratio
+
+    def ratios(self, choices: dict[str, RankChoice]) -> dict[str, float]:
+        """The achieved ratio of every budget's metric."""
+        return {b.metric: self.dense_cost_in(b.metric) / self.cost_in(b.metric, choices) for b in self.budgets}
+
+    def missed(self, choices: dict[str, RankChoice]) -> list[str]:
+        """The budgets ``choices`` do not meet, as 'metric target_ratio=R (reached r)'; empty when all are met."""
+        out = []
+        for b in self.budgets:
+            cost = self.cost_in(b.metric, choices)
+            if cost > self.target_cost_in(b) * (1 + 1e-12):
+                out.append(f"{b.metric} target_ratio={b.target_ratio:g} (reached {self.dense_cost_in(b.metric) / cost:.3f}x)")
+        return out
+
+    def within_budgets(self, choices: dict[str, RankChoice]) -> bool:
+        return not self.missed(choices)
 
     @property
     def total_dense_cost(self) -> float:
-        return self.fixed_cost + sum(c.dense_cost(self.budget.metric) for c in self.candidates)
+        return self.dense_cost_in(self.budget.metric)
 
     def total_cost(self, choices: dict[str, RankChoice]) -> float:
-        m = self.budget.metric
-        return self.fixed_cost + sum(c.cost(m, choices.get(c.name, DENSE)) for c in self.candidates)
+        return self.cost_in(self.budget.metric, choices)
 
     def ratio(self, choices: dict[str, RankChoice]) -> float:
         return self.total_dense_cost / self.total_cost(choices)
 
     @property
     def target_cost(self) -> float:
-        return self.total_dense_cost / self.budget.target_ratio
+        return self.target_cost_in(self.budget)
 
 
 class RankSelector(ABC):

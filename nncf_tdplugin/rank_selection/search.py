@@ -4,21 +4,23 @@ Every layer l gets a menu of K_l options (method, ranks) with exact cost c_lk an
 e_lk (:mod:`.options`). The discrete choice is relaxed to a distribution p_l = softmax(alpha_l / tau) over the
 menu, and the composite compression loss
 
-    L(alpha) = sum_l w_l * sum_k p_lk * e_lk^2  +  lambda * max(0, C(p) / B - 1)^2,
-    C(p)     = C_fixed + sum_l sum_k p_lk * c_lk
+    L(alpha) = sum_l w_l * sum_k p_lk * e_lk^2  +  lambda * sum_j max(0, C_j(p) / B_j - 1)^2,
+    C_j(p)   = C_j,fixed + sum_l sum_k p_lk * c_lkj
 
-(normalised reconstruction error + budget penalty; B = dense cost / target_ratio) is minimised with Adam over the
-logits while the temperature tau anneals towards a one-hot choice. Then r_l = argmax_k p_lk, and a repair step
-makes the discrete plan meet the budget: while over it, take the cheaper option that costs the least error per unit
-of cost saved; then spend any slack on the upgrades that buy the most error reduction per unit of cost. The result
-is never over the budget and, with fine menus, within a fraction of a percent under it.
+(normalised reconstruction error + one penalty per budget j: the primary one, and any ``budget.additional``; B_j =
+dense cost in metric j / its target_ratio) is minimised with Adam over the logits while the temperature tau anneals
+towards a one-hot choice. Then r_l = argmax_k p_lk, and a repair step makes the discrete plan meet every budget:
+while over one, take the cheaper option that costs the least error per unit of cost saved (costs of the exceeded
+budgets, each relative to its B_j); then spend any slack on the upgrades that keep every budget met and buy the most
+error reduction per unit of cost. The result is never over a budget and, with fine menus, within a fraction of a
+percent under the binding one. The menus are Pareto-optimal in the primary metric's cost.
 
 Weights only, no data: the whole search on ResNet-50 takes seconds (see benchmarks/rank_search.py).
 """
 
-import heapq
 import math
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -62,66 +64,86 @@ def total_cost(menus: list[Menu], idx: list[int], fixed_cost: float) -> float:
     return fixed_cost + float(sum(m.costs[i] for m, i in zip(menus, idx)))
 
 
-def repair(menus: list[Menu], idx: list[int], weights: np.ndarray, fixed_cost: float, target: float) -> list[int]:
-    """Greedy exchange on the menus: meet ``target`` (downgrades by least weighted-error increase per cost saved),
-    then use the slack (upgrades by most error decrease per cost added)."""
-    idx = list(idx)
-    cost = total_cost(menus, idx, fixed_cost)
+def _padded(menus: list[Menu], other_costs: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[L, K, M] costs (the menu's metric first, then each additional budget's), [L, K] errors and the menu
+    lengths; padding repeats a menu's last option (never chosen: moves stop at the lengths)."""
+    k_max = max(len(m) for m in menus)
+    n_metrics = 1 + len(other_costs)
+    costs = np.zeros((len(menus), k_max, n_metrics))
+    errors = np.zeros((len(menus), k_max))
+    for l, m in enumerate(menus):
+        k = len(m)
+        columns = [m.costs] + [extra[l] for extra in other_costs]
+        for j, column in enumerate(columns):
+            costs[l, :k, j] = column
+            costs[l, k:, j] = column[-1]
+        errors[l, :k] = m.errors
+        errors[l, k:] = m.errors[-1]
+    return costs, errors, np.array([len(m) for m in menus])
 
-    def down(l):  # error added per cost saved by moving layer l one option cheaper
-        i = idx[l]
-        if i == 0:
-            return None
-        m = menus[l]
-        return weights[l] * (m.errors[i - 1] ** 2 - m.errors[i] ** 2) / max(m.costs[i] - m.costs[i - 1], 1e-12)
 
-    heap = [(d, l) for l in range(len(menus)) if (d := down(l)) is not None]
-    heapq.heapify(heap)
-    while cost > target and heap:
-        d, l = heapq.heappop(heap)
-        if d != down(l):  # stale entry
-            continue
-        m, i = menus[l], idx[l]
-        cost -= m.costs[i] - m.costs[i - 1]
-        idx[l] = i - 1
-        if (d := down(l)) is not None:
-            heapq.heappush(heap, (d, l))
-    if cost > target * (1 + 1e-12):
-        return idx  # the caller reports the budget as unreachable
+def repair(menus: list[Menu], idx: list[int], weights: np.ndarray, fixed_cost, target,
+           other_costs: Optional[list[list[np.ndarray]]] = None) -> list[int]:
+    """Greedy exchange on the menus: meet every budget (downgrades by least weighted-error increase per cost saved
+    on the budgets still exceeded), then use the slack (upgrades that keep every budget met, by most error decrease
+    per cost added).
 
-    def up(l):  # error removed per cost added by moving layer l one option more accurate
-        i = idx[l]
-        m = menus[l]
-        if i + 1 >= len(m):
-            return None
-        return -weights[l] * (m.errors[i] ** 2 - m.errors[i + 1] ** 2) / max(m.costs[i + 1] - m.costs[i], 1e-12)
+    ``fixed_cost`` and ``target`` are a float each for the menus' own metric, or sequences whose first entry is
+    that metric's and the others belong to the additional budgets, whose per-option costs ``other_costs[j][l]``
+    (aligned with ``menus[l]``) gives. Costs are compared relative to each target, so with one budget the order of
+    moves is that of plain cost-per-error greedy."""
+    other_costs = other_costs or []
+    costs, errors, lengths = _padded(menus, other_costs)
+    fixed = np.atleast_1d(np.asarray(fixed_cost, dtype=float))
+    targets = np.atleast_1d(np.asarray(target, dtype=float))
+    assert len(fixed) == len(targets) == costs.shape[2], "one fixed cost and one target per budget"
+    layers = np.arange(len(menus))
+    idx = np.array(idx)
+    sq = errors ** 2
+    cost = fixed + costs[layers, idx].sum(0)
 
-    improved = True
-    while improved:  # repeat: an upgrade that did not fit earlier may fit after others were skipped
-        improved = False
-        heap = [(u, l) for l in range(len(menus)) if (u := up(l)) is not None]
-        heapq.heapify(heap)
-        while heap:
-            u, l = heapq.heappop(heap)
-            if u != up(l):
-                continue
-            m, i = menus[l], idx[l]
-            step = m.costs[i + 1] - m.costs[i]
-            if cost + step <= target:
-                cost += step
-                idx[l] = i + 1
-                improved = True
-                if (u := up(l)) is not None:
-                    heapq.heappush(heap, (u, l))
-    return idx
+    while True:  # downgrades until every budget is met
+        over = cost > targets * (1 + 1e-12)
+        if not over.any():
+            break
+        movable = idx > 0
+        lower = np.maximum(idx - 1, 0)
+        saved = costs[layers, idx] - costs[layers, lower]  # [L, M]
+        gain = (np.maximum(saved[:, over], 0.0) / targets[over]).sum(1)
+        movable &= gain > 0
+        if not movable.any():
+            return idx.tolist()  # the caller reports the budget as unreachable
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = weights * (sq[layers, lower] - sq[layers, idx]) / gain
+        l = int(np.argmin(np.where(movable, d, np.inf)))
+        cost -= saved[l]
+        idx[l] -= 1
+
+    while True:  # upgrades that keep every budget met
+        upper = np.minimum(idx + 1, lengths - 1)
+        added = costs[layers, upper] - costs[layers, idx]
+        fits = (idx + 1 < lengths) & np.all(cost + added <= targets, axis=1)
+        if not fits.any():
+            break
+        norm = np.maximum((np.maximum(added, 0.0) / targets).sum(1), 1e-300)
+        u = -weights * (sq[layers, idx] - sq[layers, upper]) / norm
+        l = int(np.argmin(np.where(fits, u, np.inf)))
+        cost += added[l]
+        idx[l] += 1
+    return idx.tolist()
 
 
 def composite_loss(p: torch.Tensor, errors_sq: torch.Tensor, costs: torch.Tensor, weights: torch.Tensor,
-                   fixed_cost: float, target: float, penalty: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, reconstruction term, budget penalty) for option probabilities ``p`` [L, K]."""
+                   fixed_cost, target, penalty: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, reconstruction term, budget penalty) for option probabilities ``p`` [L, K]. ``costs`` is [L, K] for
+    one budget, or [L, K, M] with ``fixed_cost`` and ``target`` sequences of M for several (one penalty each)."""
     reconstruction = (weights * (p * errors_sq).sum(1)).sum()
-    expected_cost = fixed_cost + (p * costs).sum()
-    budget_penalty = penalty * torch.clamp(expected_cost / target - 1.0, min=0.0) ** 2
+    if costs.dim() == 2:
+        costs = costs.unsqueeze(-1)
+    fixed = torch.as_tensor(fixed_cost, dtype=costs.dtype).reshape(-1)
+    targets = torch.as_tensor(target, dtype=costs.dtype).reshape(-1)
+    expected_cost = fixed + (p.unsqueeze(-1) * costs).sum((0, 1))
+    budget_penalty = penalty * (torch.clamp(expected_cost / targets - 1.0, min=0.0) ** 2).sum()
     return reconstruction + budget_penalty, reconstruction, budget_penalty
 
 
@@ -135,18 +157,27 @@ class ContinuousRankSearch(RankSelector):
         metric = problem.budget.metric
         menus = [build_menu(c, metric, problem.constraints, seed=problem.seed)
                  for c in tqdm(problem.candidates, desc="rank search: error tables", disable=None)]
+        # each option's cost in the metric of every additional budget (the menus are Pareto-optimal in ``metric``)
+        other_costs = [[np.array([c.cost(b.metric, choice) for choice in m.choices])
+                        for c, m in zip(problem.candidates, menus)] for b in problem.additional]
         weights = layer_weights(menus, opts["layer_weighting"])
-        target = problem.target_cost
-        cheapest = total_cost(menus, [0] * len(menus), problem.fixed_cost)
-        if cheapest > target:
-            best = problem.total_dense_cost / cheapest
+        fixed = [problem.fixed_cost_in(b.metric) for b in problem.budgets]
+        targets = [problem.target_cost_in(b) for b in problem.budgets]
+        cheapest = [fixed[0] + sum(m.costs[0] for m in menus)] + \
+                   [f + sum(layer[0] for layer in extra) for f, extra in zip(fixed[1:], other_costs)]
+        short = [(b, problem.dense_cost_in(b.metric) / c) for b, c, t in zip(problem.budgets, cheapest, targets)
+                 if c > t]
+        if short:
+            best = problem.total_dense_cost / cheapest[0]
             raise BudgetUnreachableError(
-                f"budget {metric} target_ratio={problem.budget.target_ratio:g} is unreachable: with every layer at its "
-                f"cheapest allowed option the model is only {best:.3f}x {_better(metric)}. Lower the target ratio, "
-                f"relax the constraints (min_rank, rank_multiple), or allow more layers.", best)
-        idx, history = self.relax(menus, weights, problem.fixed_cost, target, problem.total_dense_cost, opts,
-                                  problem.seed)
-        idx = repair(menus, idx, weights, problem.fixed_cost, target)
+                "budget " + " and ".join(f"{b.metric} target_ratio={b.target_ratio:g}" for b, _ in short) +
+                " is unreachable: with every layer at its cheapest allowed option the model is only " +
+                ", ".join(f"{r:.3f}x {_better(b.metric)} in {b.metric}" for b, r in short) +
+                ". Lower the target ratio, relax the constraints (min_rank, rank_multiple), or allow more layers.",
+                best)
+        idx, history = self.relax(menus, weights, fixed, targets, problem.total_dense_cost, opts, problem.seed,
+                                  other_costs)
+        idx = repair(menus, idx, weights, fixed, targets, other_costs)
         self.loss_history = history
         self.menus = menus
         self.seconds = time.perf_counter() - start
@@ -154,18 +185,18 @@ class ContinuousRankSearch(RankSelector):
         return {m.name: (dense if m.choices[i].is_dense else m.choices[i]) for m, i in zip(menus, idx)}
 
     @staticmethod
-    def relax(menus, weights, fixed_cost, target, dense_total, opts, seed) -> tuple[list[int], list[dict]]:
-        """Minimise the composite loss over the logits; returns argmax indices and the loss history."""
+    def relax(menus, weights, fixed_cost, target, dense_total, opts, seed, other_costs=None
+              ) -> tuple[list[int], list[dict]]:
+        """Minimise the composite loss over the logits; returns argmax indices and the loss history.
+        ``fixed_cost``/``target``: a float, or one per budget (the menus' metric first, then ``other_costs``')."""
         gen = torch.Generator().manual_seed(int(seed))
-        k_max = max(len(m) for m in menus)
-        # padded [L, K] tensors; padding gets -inf logits so it never receives probability
-        costs = torch.zeros(len(menus), k_max, dtype=torch.float64)
-        errs = torch.zeros(len(menus), k_max, dtype=torch.float64)
-        valid = torch.zeros(len(menus), k_max, dtype=torch.bool)
-        for l, m in enumerate(menus):
-            costs[l, : len(m)] = torch.from_numpy(m.costs)
-            errs[l, : len(m)] = torch.from_numpy(m.errors) ** 2
-            valid[l, : len(m)] = True
+        padded_costs, padded_errors, lengths = _padded(menus, other_costs or [])
+        costs = torch.from_numpy(padded_costs)  # [L, K, M]
+        errs = torch.from_numpy(padded_errors) ** 2
+        k_max = costs.shape[1]
+        # padding gets -inf logits so it never receives probability
+        valid = torch.arange(k_max)[None, :] < torch.from_numpy(lengths)[:, None]
+        fixed = torch.as_tensor(fixed_cost, dtype=torch.float64).reshape(-1)
         w = torch.from_numpy(weights)
         alpha = (1e-3 * torch.randn(len(menus), k_max, generator=gen, dtype=torch.float64)).requires_grad_(True)
         optimizer = torch.optim.Adam([alpha], lr=opts["lr"])
@@ -180,7 +211,7 @@ class ContinuousRankSearch(RankSelector):
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                expected_cost = fixed_cost + float((p * costs).sum())
+                expected_cost = float(fixed[0] + (p * costs[:, :, 0]).sum())
             history.append({"loss": loss.item(), "reconstruction": recon.item(), "penalty": penalty.item(),
                             "expected_ratio": dense_total / expected_cost, "tau": tau})
         with torch.no_grad():
