@@ -24,6 +24,8 @@ shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoc
 ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
 its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
 ``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the f32 hint, as the INT8 column is timed.
+A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``); rank learning
+does not take several budgets yet, so that row fails with the config error naming the key.
 """
 
 import argparse
@@ -66,11 +68,29 @@ COLUMNS = ["method", "budget", "seed", "flops_ratio", "params_ratio", "test_accu
 INPUT = [1, 1, 28, 28]
 
 
+def parse_budget(text: str) -> tuple:
+    """'flops:3' -> ("flops", 3.0, ()); 'params:5+flops:3' -> ("params", 5.0, (("flops", 3.0),)): the first is
+    budget.metric, the others go to budget.additional."""
+    parts = []
+    for part in text.split("+"):
+        metric, _, ratio = part.partition(":")
+        parts.append((metric, float(ratio)))
+    (metric, ratio), extra = parts[0], tuple(parts[1:])
+    return metric, ratio, extra
+
+
+def budget_label(budget: tuple) -> str:
+    metric, ratio, extra = budget
+    return "+".join(f"{m}:{r:g}" for m, r in ((metric, ratio), *extra))
+
+
 def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: int, steps_per_epoch: int,
-             latency_threads: int) -> dict:
+             latency_threads: int, additional: tuple = ()) -> dict:
     int8 = metric == "latency_int8"  # the latency of INT8 layers, timed as the INT8 rows are (f32 hint)
     metric = "latency" if int8 else metric
     block = {"algorithm": "tensor_decomposition", "budget": {"metric": metric, "target_ratio": ratio}}
+    if additional:
+        block["budget"]["additional"] = [{"metric": m, "target_ratio": r} for m, r in additional]
     if metric == "latency":  # the per-layer OpenVINO cost model, at the precision and threads the rows are timed at
         block["latency"] = ({"precision": "f32", "int8": True, "threads": latency_threads} if int8
                             else {"precision": "default", "threads": latency_threads})
@@ -100,7 +120,7 @@ def quantize_ir(xml: pathlib.Path, calibration: list, out: pathlib.Path) -> path
 def run_method(name, budget, base_model, loaders, args, out_dir, calibration, baseline, flops_for_pruning=None,
                seed=0):
     train_loader, test_loader = loaders
-    metric, ratio = budget
+    metric, ratio, additional = budget
     torch.manual_seed(seed)  # the data order, augmentation and any random init of this row, whatever ran before it
     model = copy.deepcopy(base_model)
     start = time.perf_counter()
@@ -109,7 +129,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     else:
         method = {"search+finetune": "search", "rank_learning": "rank_learning", "uniform+finetune": "uniform"}[name]
         block = td_block(metric, ratio, method, args.epochs, args.update_every, len(train_loader),
-                         args.latency_threads)
+                         args.latency_threads, additional)
     # knowledge distillation from the original model (NNCF's own algorithm; its loss is part of ctrl.loss()), the
     # same for every method
     kd = [{"algorithm": "knowledge_distillation", "type": "softmax", "temperature": args.kd_temperature}] \
@@ -120,7 +140,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None),
              progress=args.verbose)
     accuracy = evaluate(compressed, test_loader, progress=False)
-    tag = row_tag(name, f"{metric}:{ratio:g}", seed)
+    tag = row_tag(name, budget_label(budget), seed)
     example = torch.randn(*INPUT)
     if name == "filter_pruning":
         xml = export_pruned_ir(ctrl, example, out_dir / f"{tag}.xml")
@@ -130,7 +150,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         achieved = td_controller(ctrl).statistics().tensor_decomposition.achieved_ratio
     int8 = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml")
     cost = ir_cost(xml, INPUT)
-    return {"method": name, "budget": f"{metric}:{ratio:g}", "seed": seed,
+    return {"method": name, "budget": budget_label(budget), "seed": seed,
             "flops_ratio": baseline["macs"] / cost["macs"], "params_ratio": baseline["weights"] / cost["weights"],
             "test_accuracy": accuracy,
             "baseline_accuracy": baseline["accuracy"], "epochs": args.epochs, "achieved_ratio": achieved,
@@ -141,7 +161,7 @@ def row_tag(method: str, budget: str, seed: int) -> str:
     """File stem of a row's IRs (seed 0 keeps the names of the runs made before --seeds existed)."""
     if method == "dense":
         return "dense"
-    return f"{method.replace('+', '_')}_{budget.replace(':', '')}" + (f"_s{seed}" if seed else "")
+    return f"{method.replace('+', '_')}_{budget.replace(':', '').replace('+', '_')}" + (f"_s{seed}" if seed else "")
 
 
 def main(argv=None) -> int:
@@ -150,7 +170,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="one budget (flops:3), 2 epochs of 2000 images, 2000 test images, fewer timings")
     parser.add_argument("--budgets", default="flops:3,params:5",
-                        help="metric:ratio,... with metric flops, params, latency or latency_int8 (default %(default)s)")
+                        help="metric:ratio,... with metric flops, params, latency or latency_int8; metric:ratio+metric:ratio "
+                             "adds budget.additional (params or flops) to a budget (default %(default)s)")
     parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated seeds of the fine-tuning runs (data order, augmentation): each method "
@@ -191,7 +212,10 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     out_dir = pathlib.Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    budgets = [(b.split(":")[0], float(b.split(":")[1])) for b in args.budgets.split(",")]
+    try:
+        budgets = [parse_budget(b) for b in args.budgets.split(",")]
+    except ValueError:
+        parser.error(f"--budgets must be metric:ratio[+metric:ratio],..., got {args.budgets!r}")
     methods = args.methods.split(",")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
@@ -225,14 +249,15 @@ def main(argv=None) -> int:
              "test_accuracy": baseline["accuracy"], "baseline_accuracy": baseline["accuracy"], "epochs": 0,
              "ir": str(dense_xml), "ir_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
     for budget in budgets:
-        label = f"{budget[0]}:{budget[1]:g}"
+        label = budget_label(budget)
+        flops_target = dict([budget[:2], *budget[2]]).get("flops")
         # the data-free search is deterministic: its FLOPs ratio is the same for every seed (an earlier run's search
         # row sets the ratio that pruning matches when this run does not run the search)
         search_flops = next((r["flops_ratio"] for (m, b, _), r in prior.items()
                              if m == "search+finetune" and b == label), None)
         for seed, name in [(seed, name) for seed in seeds for name in methods]:
             if name == "filter_pruning":
-                ratio = search_flops or (budget[1] if budget[0] == "flops" else None)
+                ratio = search_flops or flops_target
                 if ratio is None:
                     print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
                     continue
@@ -246,7 +271,7 @@ def main(argv=None) -> int:
             print(f"== {where}", flush=True)
             try:
                 row = run_method(name, budget, base, (train_loader, test_loader), args, out_dir, calibration,
-                                 baseline, flops_for_pruning=search_flops or budget[1], seed=seed)
+                                 baseline, flops_for_pruning=search_flops or flops_target, seed=seed)
             except Exception as e:  # noqa: BLE001 - a failing method must not lose the other rows
                 print(f"   failed: {type(e).__name__}: {e}", flush=True)
                 if args.verbose:
