@@ -17,3 +17,17 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_json_blocks_are_valid_tensor_decomposition_configs():
+    """Every ```json block of the README that holds a tensor_decomposition block passes the plugin's validation."""
+    import json
+
+    from nncf_tdplugin.config import TDConfig
+
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)]
+    sections = [b for b in blocks if b.get("algorithm") == "tensor_decomposition"]
+    sections += [s for b in blocks for s in b.get("compression", []) if s.get("algorithm") == "tensor_decomposition"]
+    assert len(sections) >= 3
+    for section in sections:
+        TDConfig.from_section(section)
