@@ -24,8 +24,8 @@ shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoc
 ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
 its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
 ``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the f32 hint, as the INT8 column is timed.
-A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``); rank learning
-does not take several budgets yet, so that row fails with the config error naming the key.
+A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``), for every
+method; pruning then matches the FLOPs ratio of the search row, as at any budget.
 """
 
 import argparse

@@ -5,6 +5,7 @@ Errors name the path inside the block and the value at fault, e.g.
 ``tensor_decomposition.budget.target_ratio: 0.5 is not > 1``.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -122,7 +123,9 @@ TD_SCHEMA: dict[str, Any] = {
                     "[{\"metric\": \"flops\", \"target_ratio\": 3}] with metric 'params' for a model 5x smaller "
                     "and 3x cheaper to run. Rank selection 'search' has one penalty per budget in its loss and its "
                     "repair meets all of them; 'uniform', 'energy' and 'vbmf' take the largest ranks that meet "
-                    "all. Not with 'rank_learning' yet.",
+                    "all. With 'rank_learning' (budget.metric 'params' or 'flops') each one tightens with the "
+                    "primary budget, to ratio R_j^(log r / log R) when the primary one is at r of its target R, "
+                    "and every Z-step meets all of them.",
                 },
             },
         },
@@ -353,6 +356,12 @@ def defaults(schema: dict = TD_SCHEMA) -> dict:
     return {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
 
 
+def scaled_additional_ratio(additional_target: float, ratio: float, target: float) -> float:
+    """The ratio of an additional budget while the primary budget is at ``ratio`` on its way to ``target``: the same
+    place on the log scale from 1 to each target (``additional_target`` at ``target``, 1 at 1)."""
+    return additional_target ** (math.log(max(ratio, 1.0)) / math.log(target))
+
+
 @dataclass
 class LayerOverride:
     method: Optional[str] = None
@@ -392,6 +401,14 @@ class TDConfig:
     def selection_ratio(self) -> float:
         """The ratio the rank selector meets when the model is built: 'initial_ratio' when ranks are learned."""
         return self.rank_learning["initial_ratio"] if self.rank_learning else self.target_ratio
+
+    @property
+    def selection_additional(self) -> tuple:
+        """budget.additional as the rank selector meets it when the model is built: scaled with 'initial_ratio'
+        when ranks are learned (:func:`scaled_additional_ratio`)."""
+        return tuple((m, scaled_additional_ratio(r, self.selection_ratio, self.target_ratio))
+                     for m, r in self.additional_budgets)
+
 
     @classmethod
     def from_section(cls, section: dict) -> "TDConfig":
@@ -481,10 +498,10 @@ class TDConfig:
 def _additional_budgets(budget: dict, rank_learning: bool) -> tuple:
     """budget.additional as ((metric, target_ratio), ...); each metric once, none equal to budget.metric."""
     given = budget.get("additional", [])
-    if given and rank_learning:
-        raise TDConfigError(f"{_path(['budget', 'additional'])}: not supported with 'rank_learning' yet (its "
-                            f"gates are allocated under one budget metric); use one budget, or rank_selection "
-                            f"'search' without 'rank_learning'")
+    if given and rank_learning and budget["metric"] == "latency":
+        raise TDConfigError(f"{_path(['budget', 'additional'])}: not supported with 'rank_learning' under "
+                            f"budget.metric 'latency' yet (the frozen ranks are re-projected on measurements of "
+                            f"the latency alone); use metric 'params' or 'flops', or drop 'rank_learning'")
     seen = {budget["metric"]: "budget.metric"}
     out = []
     for i, entry in enumerate(given):

@@ -48,9 +48,10 @@ from tests.nncf_helpers import compress, make_config
          r"tensor_decomposition\.budget\.additional\[0\]\.target_ratio: 0\.5 is less than or equal to"),
         ({"budget": {"additional": [{"metric": "flops"}]}},
          r"tensor_decomposition\.budget\.additional\[0\]: 'target_ratio' is a required property"),
-        ({"budget": {"target_ratio": 3, "additional": [{"metric": "flops", "target_ratio": 2}]},
+        ({"budget": {"metric": "latency", "target_ratio": 2, "additional": [{"metric": "flops", "target_ratio": 2}]},
           "rank_learning": {"num_epochs": 2}},
-         r"tensor_decomposition\.budget\.additional: not supported with 'rank_learning' yet"),
+         r"tensor_decomposition\.budget\.additional: not supported with 'rank_learning' under budget\.metric "
+         r"'latency' yet"),
     ],
 )
 def test_schema_errors_name_the_key(block, message):

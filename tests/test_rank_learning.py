@@ -110,6 +110,24 @@ def test_greedy_allocation_meets_the_budget_and_drops_the_least_important_first(
     assert not allocate(specs, {"a": [10], "b": [4]}, lambda layer, r: unit[layer] * r[0], 20.0, 1.0).met
 
 
+def test_allocation_meets_several_budgets():
+    """Two layers: 'a' heavy in the first metric, 'b' in the second; the first budget alone leaves the second
+    exceeded, both together drop channels of both layers and meet both."""
+    specs = [GroupSpec("a", 0, np.linspace(0.1, 0.5, 10)), GroupSpec("b", 0, np.linspace(0.8, 1.0, 10))]
+    unit = {"a": np.array([10.0, 1.0]), "b": np.array([1.0, 10.0])}
+
+    def cost(layer, r):
+        return unit[layer] * r[0]
+
+    first_only = allocate(specs, {"a": [10], "b": [10]}, lambda layer, r: float(cost(layer, r)[0]), 0.0, 80.0)
+    second = sum(cost(layer, r)[1] for layer, r in first_only.ranks.items())
+    assert first_only.met and second > 100.0 and first_only.ranks["b"] == [10]  # 'b' is important: kept whole
+    both = allocate(specs, {"a": [10], "b": [10]}, cost, [0.0, 0.0], [80.0, 60.0])
+    totals = sum(cost(layer, r) for layer, r in both.ranks.items())
+    assert both.met and totals[0] <= 80.0 and totals[1] <= 60.0 and both.cost == totals[0]
+    assert not allocate(specs, {"a": [10], "b": [10]}, cost, [0.0, 0.0], [80.0, 5.0]).met
+
+
 def test_allocation_looks_past_a_rank_where_the_cost_does_not_fall():
     # a measured latency grid need not be monotonic: one step down costs more, two steps down save
     table = {8: 100.0, 7: 105.0, 6: 60.0, 5: 55.0, 4: 50.0, 3: 45.0, 2: 40.0, 1: 35.0}
@@ -203,6 +221,35 @@ def test_budget_is_met_at_the_end_of_the_schedule_and_truncation_keeps_outputs(m
             assert layer.out_proj.weight.shape[1] == r[0]
         assert not any(isinstance(op.op, RankGate) for m in layer.children() for op in m.pre_ops.values())
     assert any(isinstance(g.gate, RankGate) for g in td.groups)  # the live model was not touched by strip()
+
+
+def test_additional_budget_is_met_at_the_end_and_survives_a_resume():
+    """params 3x and FLOPs 4x (the parameter budget alone ends near 3.2x FLOPs on this model): each Z-step meets
+    both, tightening together, and the frozen ranks meet both targets."""
+    b = block(3.0, "params")
+    b["budget"]["additional"] = [{"metric": "flops", "target_ratio": 4.0}]
+    ctrl, model = compress(td_block=b, quantization=False)
+    td = td_ctrl(ctrl)
+    (start,) = td.additional_status()
+    assert start["scheduled_ratio"] == pytest.approx(4.0 ** (np.log(1.5) / np.log(3.0)))
+    data = fixed_data()
+    run_epochs(ctrl, model, 1, data)
+    state, weights = copy.deepcopy(ctrl.get_compression_state()), copy.deepcopy(model.state_dict())
+    run_epochs(ctrl, model, 2, data)
+    stats = ctrl.statistics().tensor_decomposition
+    (end,) = td.additional_status()
+    assert stats.params_ratio >= 3.0 and stats.macs_ratio >= 4.0, (stats.params_ratio, stats.macs_ratio)
+    assert end["achieved_ratio"] == pytest.approx(stats.macs_ratio) and end["scheduled_ratio"] == 4.0
+    assert "Also flops budget" in stats.to_str()
+    final_ranks = td.current_ranks()
+    td.truncate()
+    assert ctrl.get_compression_state()["builder_state"]["tensor_decomposition"]["plan"]["additional"][0][
+        "achieved_ratio"] == pytest.approx(stats.macs_ratio)
+
+    ctrl2, model2 = compress(td_block=b, quantization=False, compression_state=state)  # resume mid-schedule
+    model2.load_state_dict(weights)
+    run_epochs(ctrl2, model2, 2, data)
+    assert td_ctrl(ctrl2).current_ranks() == final_ranks
 
 
 def test_checkpoint_mid_schedule_resumes_with_the_same_ranks():

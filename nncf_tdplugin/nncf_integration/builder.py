@@ -176,7 +176,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             seed=cfg.seed,
             options={"rank_fraction": cfg.rank_fraction, "energy_threshold": cfg.energy_threshold,
                      "search": cfg.search},
-            additional=tuple(Budget(m, r) for m, r in cfg.additional_budgets),
+            additional=tuple(Budget(m, r) for m, r in cfg.selection_additional),
             additional_fixed_costs={m: analytic_fixed_cost(m) for m, _ in cfg.additional_budgets},
         )
         if not candidates:
@@ -215,9 +215,10 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             "target_ratio": cfg.target_ratio if cfg.rank_selection != "fraction" else None,
             "budget_scope": cfg.budget_scope,
             "achieved_ratio": problem.ratio(choices) if candidates else 1.0,
-            **({"additional": [{"metric": b.metric, "target_ratio": b.target_ratio,
-                                "achieved_ratio": problem.ratios(choices)[b.metric] if candidates else 1.0}
-                               for b in problem.additional]} if problem.additional else {}),
+            # budget.additional: the configured targets (rank learning selects at scaled-down ones first)
+            **({"additional": [{"metric": m, "target_ratio": r,
+                                "achieved_ratio": problem.ratios(choices)[m] if candidates else 1.0}
+                               for m, r in cfg.additional_budgets]} if cfg.additional_budgets else {}),
             "model_params": model_params, "model_macs": model_macs,
             **({"latency": latency_summary(latency_model, problem, choices)} if latency_model is not None else {}),
         }

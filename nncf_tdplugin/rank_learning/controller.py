@@ -14,7 +14,7 @@ from nncf.api.compression import CompressionStage
 from nncf.common.accuracy_aware_training.training_loop import ADAPTIVE_COMPRESSION_CONTROLLERS
 from nncf.common.logging import nncf_logger
 
-from nncf_tdplugin.config import ALGO_NAME, TDConfig
+from nncf_tdplugin.config import ALGO_NAME, TDConfig, scaled_additional_ratio
 from nncf_tdplugin.nncf_integration.controller import TensorDecompositionController
 from nncf_tdplugin.nncf_integration.statistics import TensorDecompositionStatistics, latency_rows
 from nncf_tdplugin.rank_learning.allocation import GroupSpec, allocate
@@ -82,6 +82,22 @@ class RankLearningController(TensorDecompositionController):
     def achieved_ratio(self) -> float:
         return self.info["dense_total"] / self.current_cost()
 
+    def additional_status(self, ratio: Optional[float] = None) -> list[dict]:
+        """Per budget.additional: its target, the ratio it is scheduled at while the primary budget is at ``ratio``
+        (default: the scheduler's), and the ratio reached at the current ranks."""
+        ratio = self.current_ratio_value() if ratio is None else ratio
+        ranks = self.current_ranks()
+        out = []
+        for extra in self.info.get("additional", []):
+            cost = extra["fixed_cost"] + sum(
+                plan_cost(self.info, n, self.plan["layers"][n]["method"], r, metric=extra["metric"])
+                for n, r in ranks.items())
+            out.append({"metric": extra["metric"], "target_ratio": extra["target_ratio"],
+                        "scheduled_ratio": scaled_additional_ratio(extra["target_ratio"], ratio,
+                                                                   self.rl["target_ratio"]),
+                        "achieved_ratio": extra["dense_total"] / cost})
+        return out
+
     # --- the Z-step ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _refresh_scales(self) -> None:
@@ -113,11 +129,22 @@ class RankLearningController(TensorDecompositionController):
         specs = [GroupSpec(g.layer, g.rank_index, self._importance(g, v), self.info["min_rank"])
                  for g, v in zip(self.groups, values)]
         full = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
-        result = allocate(specs, full, lambda n, r: self._layer_cost(n, r, measured=False), self.info["fixed_cost"],
-                          self.info["dense_total"] / ratio - margin, self.info["rank_multiple"])
+        extras = self.info.get("additional", [])
+        fixed = [self.info["fixed_cost"]] + [e["fixed_cost"] for e in extras]
+        # every budget.additional tightens with the primary one (config.scaled_additional_ratio)
+        budgets = [self.info["dense_total"] / ratio - margin] + [
+            e["dense_total"] / scaled_additional_ratio(e["target_ratio"], ratio, self.rl["target_ratio"])
+            for e in extras]
+
+        def costs(n, r):
+            return [self._layer_cost(n, r, measured=False)] + [
+                plan_cost(self.info, n, self.plan["layers"][n]["method"], r, metric=e["metric"]) for e in extras]
+
+        result = allocate(specs, full, costs, fixed, budgets, self.info["rank_multiple"])
         if not result.met:
-            nncf_logger.warning(f"{ALGO_NAME}.rank_learning: budget ratio {ratio:.3f} is not reachable; the ranks "
-                                f"are at their minimum ({self.info['dense_total'] / result.cost:.3f}x)")
+            also = " (with budget.additional)" if extras else ""
+            nncf_logger.warning(f"{ALGO_NAME}.rank_learning: budget ratio {ratio:.3f}{also} is not reachable; the "
+                                f"ranks are at their minimum ({self.info['dense_total'] / result.cost:.3f}x)")
         progressive = self.rl["masking"] == "progressive"
         for g, v, keep in zip(self.groups, values, result.keep):
             k = torch.as_tensor(keep, dtype=g.gate.keep.dtype, device=g.gate.keep.device)
@@ -245,6 +272,9 @@ class RankLearningController(TensorDecompositionController):
         assert all(new_ranks[n] == ranks_before[n] for n in new_ranks), (new_ranks, ranks_before)
         self.info["truncated"] = True
         self.plan["achieved_ratio"] = self.achieved_ratio
+        if "additional" in self.plan:
+            self.plan["additional"] = [{k: a[k] for k in ("metric", "target_ratio", "achieved_ratio")}
+                                       for a in self.additional_status()]
         self.groups = []
         self._scheduler.frozen = True
         return new_ranks
@@ -333,6 +363,9 @@ class RankLearningController(TensorDecompositionController):
             "Initial ranks -> now": f"{sum(sum(r) for r in self.info['initial_ranks'].values())} -> "
                                     f"{sum(sum(r) for r in ranks.values())} rank channels",
         }
+        for a in self.additional_status():
+            extra[f"Also {a['metric']} budget"] = (f"{a['achieved_ratio']:.3f}x now (scheduled "
+                                                   f"{a['scheduled_ratio']:.3f}x, target {a['target_ratio']:.3f}x)")
         if self.info["metric"] == "latency":
             rows = latency_rows(plan["latency"])  # where and how it was measured (the initial selection's record)
             predicted = self.current_cost(measured=False)

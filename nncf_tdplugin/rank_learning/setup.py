@@ -7,7 +7,7 @@ and read back on resume, where nothing is decomposed or selected again.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from nncf.common.graph.transformations.commands import TargetType, TransformationPriority
@@ -32,11 +32,14 @@ def rank_key(ranks) -> str:
     return ",".join(str(int(r)) for r in ranks)
 
 
-def plan_cost(info: dict, name: str, method: str, ranks, measured: bool = True) -> float:
-    """The cost of one decomposed layer at ``ranks`` in the budget's metric: analytic for params and flops; for
-    latency, the per-layer cost model's grid of the layer (measured at decomposition, stored in the plan),
-    interpolated at ``ranks``, or (``measured``) its measurement at ``ranks`` if the freeze measured them."""
-    if info["metric"] == "latency":
+def plan_cost(info: dict, name: str, method: str, ranks, measured: bool = True, metric: Optional[str] = None
+              ) -> float:
+    """The cost of one decomposed layer at ``ranks`` in the budget's metric (or in ``metric``, that of a
+    budget.additional): analytic for params and flops; for latency, the per-layer cost model's grid of the layer
+    (measured at decomposition, stored in the plan), interpolated at ``ranks``, or (``measured``) its measurement at
+    ``ranks`` if the freeze measured them."""
+    metric = metric or info["metric"]
+    if metric == "latency":
         from nncf_tdplugin.latency_model.cost_model import interpolate
 
         value = info.get("measured_ms", {}).get(name, {}).get(rank_key(ranks)) if measured else None
@@ -44,7 +47,7 @@ def plan_cost(info: dict, name: str, method: str, ranks, measured: bool = True) 
             return float(value)
         grid = info["latency_grid"][name]
         return interpolate(grid["axes"], grid["values"], ranks)
-    return layer_cost(geometry_of(info, name), info["metric"], method, ranks)
+    return layer_cost(geometry_of(info, name), metric, method, ranks)
 
 
 def budget_info(layers, plan: dict[str, Any], cfg: TDConfig) -> dict[str, Any]:
@@ -52,8 +55,20 @@ def budget_info(layers, plan: dict[str, Any], cfg: TDConfig) -> dict[str, Any]:
     metric = plan["metric"]
     by_name = {layer.module_name: layer for layer in layers}
 
-    def dense(g: LayerGeometry) -> float:
-        return float(dense_params(g) if metric == "params" else dense_macs(g))
+    def totals(metric: str) -> tuple[float, float]:
+        """(fixed cost, dense total) of an analytic metric in the budget's scope."""
+        def dense(g: LayerGeometry) -> float:
+            return float(dense_params(g) if metric == "params" else dense_macs(g))
+
+        if plan.get("budget_scope", "model") == "model":
+            dense_total = float(plan["model_params"] if metric == "params" else plan["model_macs"])
+            fixed = dense_total - sum(dense(by_name[name].geometry) for name in plan["layers"])
+        else:  # the decomposable layers only: those the selector kept dense count at their dense cost
+            prefix = f"{plan['rank_selection']}: "
+            fixed = sum(dense(by_name[n].geometry) for n, why in plan["skipped"].items()
+                        if why.startswith(prefix) and n in by_name and by_name[n].geometry is not None)
+            dense_total = fixed + sum(dense(by_name[name].geometry) for name in plan["layers"])
+        return fixed, dense_total
 
     geometry = {name: dataclasses.asdict(by_name[name].geometry) for name in plan["layers"]}
     rank_multiple = cfg.rank_multiple
@@ -66,14 +81,11 @@ def budget_info(layers, plan: dict[str, Any], cfg: TDConfig) -> dict[str, Any]:
         fixed = dense_total - sum(float(e["dense_latency_ms"]) for e in plan["layers"].values())
         extra["latency_grid"] = {name: e.pop("latency_grid") for name, e in plan["layers"].items()}
         rank_multiple = int(lat["rank_multiple"])  # the probed multiple (combined with the config's)
-    elif plan.get("budget_scope", "model") == "model":
-        dense_total = float(plan["model_params"] if metric == "params" else plan["model_macs"])
-        fixed = dense_total - sum(dense(by_name[name].geometry) for name in plan["layers"])
-    else:  # the decomposable layers only: those the selector kept dense count at their dense cost
-        prefix = f"{plan['rank_selection']}: "
-        fixed = sum(dense(by_name[n].geometry) for n, why in plan["skipped"].items()
-                    if why.startswith(prefix) and n in by_name and by_name[n].geometry is not None)
-        dense_total = fixed + sum(dense(by_name[name].geometry) for name in plan["layers"])
+    else:
+        fixed, dense_total = totals(metric)
+    if cfg.additional_budgets:  # each budget.additional's target and totals (analytic metrics)
+        extra["additional"] = [{"metric": m, "target_ratio": r, **dict(zip(("fixed_cost", "dense_total"), totals(m)))}
+                               for m, r in cfg.additional_budgets]
     return {
         "metric": metric, "geometry": geometry, "fixed_cost": fixed, "dense_total": dense_total,
         "initial_ranks": {name: list(e["ranks"]) for name, e in plan["layers"].items()},
@@ -129,7 +141,7 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
     plan = _raise_until_reachable(make_plan, layers, cfg, retries)
     best = reachable_ratio(plan)
     chosen = any(key in cfg.raw for key in ("rank_selection", "search")) or cfg.method == "auto"  # search needed
-    if best < target and cfg.rank_selection == "search" and not chosen:
+    if (best < target or unreachable_additional(plan)) and cfg.rank_selection == "search" and not chosen:
         nncf_logger.info(
             f"{ALGO_NAME}.rank_learning: the search's initial plan (at {rl['initial_ratio']:.3f}) decomposed "
             f"{len(plan['layers'])} layer(s), whose ranks reach at most {best:.3f}x < {target}; decomposing again "
@@ -149,7 +161,8 @@ def _raise_until_reachable(make_plan, layers, cfg: TDConfig, retries: int) -> di
         plan["rank_learning"] = budget_info(layers, plan, cfg)
         plan["rank_learning"]["initial_ratio"] = rl["initial_ratio"]
         best = reachable_ratio(plan)
-        if best >= target or rl.get("initial_ratio_given") or attempt == retries:
+        if (best >= target and not unreachable_additional(plan)) or rl.get("initial_ratio_given") \
+                or attempt == retries:
             break
         rl["initial_ratio"] = r0 * (target / r0) ** ((attempt + 1) / (retries + 1))
         nncf_logger.info(
@@ -160,22 +173,41 @@ def _raise_until_reachable(make_plan, layers, cfg: TDConfig, retries: int) -> di
     return plan
 
 
-def reachable_ratio(plan: dict[str, Any]) -> float:
+def reachable_ratio(plan: dict[str, Any], additional: Optional[dict] = None) -> float:
     """The largest ratio the gated ranks of the plan's layers reach, every gated rank at the smallest rank the
-    Z-step allocation can shrink it to (``min_rank``, on the ``rank_multiple`` grid)."""
+    Z-step allocation can shrink it to (``min_rank``, on the ``rank_multiple`` grid); in the budget's metric, or in
+    that of ``additional`` (an entry of ``plan["rank_learning"]["additional"]``)."""
     info = plan["rank_learning"]
-    cost = info["fixed_cost"]
+    totals = additional or info
+    cost = totals["fixed_cost"]
     for name, entry in plan["layers"].items():
         ranks = list(entry["ranks"])
         for _, _, index in GATED_FACTORS.get(entry["method"], ()):
             ranks[index] = smallest_rank(ranks[index], info["min_rank"], info["rank_multiple"])
-        cost += plan_cost(info, name, entry["method"], ranks)
-    return info["dense_total"] / cost if cost > 0 else float("inf")
+        cost += plan_cost(info, name, entry["method"], ranks, metric=additional and additional["metric"])
+    return totals["dense_total"] / cost if cost > 0 else float("inf")
+
+
+def unreachable_additional(plan: dict[str, Any]) -> list[str]:
+    """The budget.additional targets the gated ranks of the plan cannot reach, as 'metric R (at most r)'."""
+    out = []
+    for extra in plan["rank_learning"].get("additional", []):
+        best = reachable_ratio(plan, extra)
+        if best < extra["target_ratio"]:
+            out.append(f"{extra['metric']} {extra['target_ratio']:g} (at most {best:.3f}x)")
+    return out
 
 
 def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
     """The target must be reachable by shrinking the gated ranks of the layers decomposed at initial_ratio."""
     target, best = cfg.rank_learning["target_ratio"], reachable_ratio(plan)
+    missed = unreachable_additional(plan)
+    if missed:
+        raise TDConfigError(
+            f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "
+            f"decomposed {len(plan['layers'])} layer(s), whose ranks cannot reach budget.additional "
+            f"{', '.join(missed)}; raise initial_ratio, or lower the additional target"
+        )
     if best < target:
         raise TDConfigError(
             f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "
