@@ -409,7 +409,6 @@ class TDConfig:
         return tuple((m, scaled_additional_ratio(r, self.selection_ratio, self.target_ratio))
                      for m, r in self.additional_budgets)
 
-
     @classmethod
     def from_section(cls, section: dict) -> "TDConfig":
         """Validate the algorithm's config section (the dict with ``"algorithm": "tensor_decomposition"``)."""
