@@ -82,6 +82,10 @@ class RankLearningController(TensorDecompositionController):
     def achieved_ratio(self) -> float:
         return self.info["dense_total"] / self.current_cost()
 
+    def _additional_cost(self, extra: dict, name: str, ranks) -> float:
+        """The layer's cost at ``ranks`` in the metric of ``extra`` (an entry of the plan's additional budgets)."""
+        return plan_cost(self.info, name, self.plan["layers"][name]["method"], ranks, metric=extra["metric"])
+
     def additional_status(self, ratio: Optional[float] = None) -> list[dict]:
         """Per budget.additional: its target, the ratio it is scheduled at while the primary budget is at ``ratio``
         (default: the scheduler's), and the ratio reached at the current ranks."""
@@ -89,9 +93,7 @@ class RankLearningController(TensorDecompositionController):
         ranks = self.current_ranks()
         out = []
         for extra in self.info.get("additional", []):
-            cost = extra["fixed_cost"] + sum(
-                plan_cost(self.info, n, self.plan["layers"][n]["method"], r, metric=extra["metric"])
-                for n, r in ranks.items())
+            cost = extra["fixed_cost"] + sum(self._additional_cost(extra, n, r) for n, r in ranks.items())
             out.append({"metric": extra["metric"], "target_ratio": extra["target_ratio"],
                         "scheduled_ratio": scaled_additional_ratio(extra["target_ratio"], ratio,
                                                                    self.rl["target_ratio"]),
@@ -137,8 +139,7 @@ class RankLearningController(TensorDecompositionController):
             for e in extras]
 
         def costs(n, r):
-            return [self._layer_cost(n, r, measured=False)] + [
-                plan_cost(self.info, n, self.plan["layers"][n]["method"], r, metric=e["metric"]) for e in extras]
+            return [self._layer_cost(n, r, measured=False)] + [self._additional_cost(e, n, r) for e in extras]
 
         result = allocate(specs, full, costs, fixed, budgets, self.info["rank_multiple"])
         if not result.met:

@@ -60,10 +60,6 @@ def layer_weights(menus: list[Menu], how: str) -> np.ndarray:
     raise ValueError(f"unknown layer_weighting {how!r}; expected 'uniform' or 'cost'")
 
 
-def total_cost(menus: list[Menu], idx: list[int], fixed_cost: float) -> float:
-    return fixed_cost + float(sum(m.costs[i] for m, i in zip(menus, idx)))
-
-
 def _padded(menus: list[Menu], other_costs: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[L, K, M] costs (the menu's metric first, then each additional budget's), [L, K] errors and the menu
     lengths; padding repeats a menu's last option (never chosen: moves stop at the lengths)."""
