@@ -1,6 +1,7 @@
 """Fine-tuning benchmark on Fashion-MNIST (issue 4): accuracy, FLOPs/parameter reduction and OpenVINO latency of
 (1) data-free search + fine-tune, (2) budget-aware rank learning during fine-tuning, (3) uniform ranks + fine-tune and
-(4) NNCF's filter_pruning at the same FLOPs reduction, all with the same number of fine-tuning epochs, starting from
+(4) NNCF's filter_pruning at the same FLOPs reduction (and rank_learning_fisher: (2) with the data-driven channel
+importance, ``rank_learning.importance: "fisher"``), all with the same number of fine-tuning epochs, starting from
 the cached trained ResNet-18-style classifier (benchmarks/data_models/fashion_mnist.py, 4 epochs, 92.88% test
 accuracy).
 
@@ -96,11 +97,13 @@ def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: 
                             else {"precision": "default", "threads": latency_threads})
     if method == "uniform":
         block["rank_selection"] = "uniform"
-    elif method == "rank_learning":
+    elif method in ("rank_learning", "rank_learning_fisher"):
         # the ranks shrink over all but the last epoch, which fine-tunes at the final ranks
         # (initial_ratio: the default, sqrt of the target, raised by the builder if the target is out of reach)
         block["rank_learning"] = {"num_epochs": max(1, epochs - 1),
                                   "update_every": update_every, "steps_per_epoch": steps_per_epoch}
+        if method == "rank_learning_fisher":  # the data-driven channel importance
+            block["rank_learning"]["importance"] = "fisher"
         if metric == "latency":
             # at a mild latency ratio the search decomposes only the few layers with the largest measured savings
             # (a decomposition at high ranks is slower than dense here), too few for the ranks to reach the target;
@@ -127,7 +130,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     if name == "filter_pruning":
         block = pruning_block(flops_for_pruning, steps=max(0, args.epochs - 1))
     else:
-        method = {"search+finetune": "search", "rank_learning": "rank_learning", "uniform+finetune": "uniform"}[name]
+        method = {"search+finetune": "search", "rank_learning": "rank_learning",
+                  "rank_learning_fisher": "rank_learning_fisher", "uniform+finetune": "uniform"}[name]
         block = td_block(metric, ratio, method, args.epochs, args.update_every, len(train_loader),
                          args.latency_threads, additional)
     # knowledge distillation from the original model (NNCF's own algorithm; its loss is part of ctrl.loss()), the

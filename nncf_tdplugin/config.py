@@ -301,6 +301,14 @@ TD_SCHEMA: dict[str, Any] = {
                 "update_every": {**_POSITIVE_INT, "default": 50,
                                  "description": "Training steps (scheduler.step() calls) between Z-steps: "
                                  "re-projection onto the current budget and dual update."},
+                "importance": {"enum": ["magnitude", "fisher"], "default": "magnitude",
+                               "description": "How a Z-step ranks the rank channels it drops (least important per "
+                               "unit of budget saved first): 'magnitude' (data-free: the channel's gated norm "
+                               "through the producer and consumer factors, as a share of its layer's) or 'fisher' "
+                               "(data-driven: gate^2 times the mean squared gradient of the training loss with "
+                               "respect to the gate over about the last 'update_every' steps, the second-order "
+                               "estimate of the loss increase when the channel is removed, comparable across "
+                               "layers; the first projection, before any backward pass, uses 'magnitude')."},
                 "masking": {"enum": ["progressive", "soft"], "default": "progressive",
                             "description": "'progressive': at each Z-step the channels outside the projection are "
                             "masked (they can come back at a later Z-step), so the model always runs at the "

@@ -97,6 +97,38 @@ def test_loss_is_differentiable_and_shrinks_the_gates_outside_the_budget():
             assert bool((g.gate.gate.detach()[d].abs() < b[d].abs()).all())
 
 
+def test_fisher_importance_sums_the_model_gradient_only_and_decides_the_projection():
+    ctrl, model = compress(td_block=block(importance="fisher", update_every=4), quantization=False)
+    td = td_ctrl(ctrl)
+    assert all(g.gate.fisher_information() is None for g in td.groups) and not td.uses_fisher()
+    td.z_step(2.5)  # the compression loss now pulls on the gates; its gradient is not the model's
+    ctrl.loss().backward()
+    assert all(g.gate.fisher_information() is None for g in td.groups)
+    x, y = fixed_data()[0]
+    grads = []
+    for _ in range(2):  # two backward passes of the model's loss alone
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads.append({g.key: g.gate.gate.grad.detach().clone() for g in td.groups})
+    decay = 1 - 1 / 4
+    for g in td.groups:  # d loss / d gate = d loss / d effective * mask: equal on the unmasked channels
+        m = g.gate.mask.bool()
+        expected = decay * grads[0][g.key].pow(2) + grads[1][g.key].pow(2)
+        assert float(g.gate.fisher_weight) == pytest.approx(decay + 1)
+        assert torch.allclose(g.gate.fisher[m], expected[m], rtol=1e-5, atol=1e-12)
+    assert td.uses_fisher()
+    # a group whose channels the loss does not feel gives up its channels first, whatever their norms
+    quiet = max(td.groups, key=lambda g: float(g.gate.scale.max()))
+    for g in td.groups:
+        g.gate.fisher.fill_(0.0 if g is quiet else 1.0)
+        g.gate.fisher_weight.fill_(1.0)
+    before = td.current_ranks()[quiet.layer][quiet.rank_index]
+    td.z_step(2.0, dual=False, hard=True)
+    assert td.current_ranks()[quiet.layer][quiet.rank_index] < before
+    others = [g for g in td.groups if g is not quiet]
+    assert any(int(g.gate.keep.sum()) == g.gate.channels for g in others)
+
+
 def test_greedy_allocation_meets_the_budget_and_drops_the_least_important_first():
     # one SVD-like layer with 10 channels (cost 10 per channel) and one with 4 (cost 30 per channel)
     specs = [GroupSpec("a", 0, np.linspace(0.1, 1.0, 10)), GroupSpec("b", 0, np.array([0.9, 0.8, 0.05, 0.7]))]
@@ -181,6 +213,7 @@ def test_steps_per_epoch_tightens_the_budget_within_the_first_epoch():
     ("params", {}, True),
     ("flops", {"schedule": "multistep", "multistep_epochs": [1, 2]}, False),
     ("params", {"masking": "soft"}, False),
+    ("params", {"importance": "fisher"}, True),
 ])
 def test_budget_is_met_at_the_end_of_the_schedule_and_truncation_keeps_outputs(metric, extra, quantization):
     ctrl, model = compress(td_block=block(2.5 if metric == "flops" else 3.0, metric, **extra),
@@ -252,9 +285,10 @@ def test_additional_budget_is_met_at_the_end_and_survives_a_resume():
     assert td_ctrl(ctrl2).current_ranks() == final_ranks
 
 
-def test_checkpoint_mid_schedule_resumes_with_the_same_ranks():
+@pytest.mark.parametrize("importance", ["magnitude", "fisher"])
+def test_checkpoint_mid_schedule_resumes_with_the_same_ranks(importance):
     data = fixed_data()
-    ctrl, model = compress(td_block=block(num_epochs=3), quantization=True)
+    ctrl, model = compress(td_block=block(num_epochs=3, importance=importance), quantization=True)
     run_epochs(ctrl, model, 1, data)
     run_epochs(ctrl, model, 1, data, steps=3)  # mid-epoch, mid-schedule
     td = td_ctrl(ctrl)
@@ -266,7 +300,7 @@ def test_checkpoint_mid_schedule_resumes_with_the_same_ranks():
     with torch.serialization.safe_globals([CompressionStage, QuantizationScheme]):
         checkpoint = torch.load(buffer, weights_only=True)
 
-    ctrl2, model2 = compress(LowRankCNN(noise=0.5), td_block=block(num_epochs=3),
+    ctrl2, model2 = compress(LowRankCNN(noise=0.5), td_block=block(num_epochs=3, importance=importance),
                              compression_state=checkpoint["state"])
     model2.load_state_dict(checkpoint["model"])
     td2 = td_ctrl(ctrl2)
@@ -274,6 +308,10 @@ def test_checkpoint_mid_schedule_resumes_with_the_same_ranks():
     assert s1 == s2 and s2["current_epoch"] == 1 and s2["step_in_epoch"] == 3
     assert td2.current_ranks() == td.current_ranks()
     assert td2.compression_stage() == CompressionStage.PARTIALLY_COMPRESSED
+    for g, g2 in zip(td.groups, td2.groups):  # the data-driven importance resumes from the same sums
+        assert torch.equal(g.gate.fisher, g2.gate.fisher) and g.gate.fisher_weight == g2.gate.fisher_weight
+        assert g2.gate.track_fisher == (importance == "fisher")
+    assert bool((td.groups[0].gate.fisher_weight > 0)) == (importance == "fisher")
     model.eval(), model2.eval()
     assert torch.equal(model(X), model2(X))
     # both continue the schedule identically

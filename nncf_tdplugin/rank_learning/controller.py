@@ -43,6 +43,9 @@ class RankLearningController(TensorDecompositionController):
         self._loss = RankLearningLoss(self, self.rl["regularization"], self.rl["admm_rho"], device)
         self._scheduler = RankLearningScheduler(self, self.rl)
         self._node_of = factor_nodes(target_model)
+        for g in self.groups:  # the data-driven importance: a window of about update_every backward passes
+            g.gate.track_fisher = self.rl["importance"] == "fisher"
+            g.gate.fisher_decay = 1.0 - 1.0 / self.rl["update_every"]
         if self.groups:
             self.z_step(self.rl["initial_ratio"], dual=False)  # z = g, u = 0, cost weights and scales
 
@@ -114,11 +117,24 @@ class RankLearningController(TensorDecompositionController):
             c = cw.transpose(0, 1).flatten(1).norm(dim=1)
             g.gate.scale.copy_((p * c).to(g.gate.scale))
 
-    def _importance(self, g: GateGroup, values: torch.Tensor) -> np.ndarray:
-        """|value| * scale, relative to the group's norm: dropping a set of channels loses the sum of squares."""
+    def _importance(self, g: GateGroup, values: torch.Tensor, fisher: bool) -> np.ndarray:
+        """Per channel, a value whose square is what dropping the channel loses (squares add up over channels).
+
+        ``magnitude``: |value| * scale, relative to the group's norm (the share of the layer's energy).
+        ``fisher``: |value| * sqrt(F), F the decayed mean squared gradient of the training loss with respect to the
+        gate: F * value^2 / 2 is the second-order estimate of the loss increase when the channel is zeroed, in the
+        same unit for every layer."""
+        if fisher:
+            return (values.abs() * g.gate.fisher_information().sqrt()).double().cpu().numpy()
         s = g.gate.scale
         norm = (g.gate.gate.abs() * s).norm().clamp_min(1e-12)
         return (values.abs() * s / norm).double().cpu().numpy()
+
+    def uses_fisher(self) -> bool:
+        """Whether the next Z-step ranks channels by the data-driven importance: ``importance: "fisher"`` and every
+        gate has seen a backward pass (before that, e.g. at the initial projection, ``magnitude``)."""
+        return self.rl["importance"] == "fisher" and bool(self.groups) and \
+            all(g.gate.fisher_information() is not None for g in self.groups)
 
     @torch.no_grad()
     def z_step(self, ratio: float, dual: bool = True, hard: bool = False, margin: float = 0.0) -> None:
@@ -128,7 +144,8 @@ class RankLearningController(TensorDecompositionController):
             return
         self._refresh_scales()
         values = [g.gate.gate + g.gate.u for g in self.groups]
-        specs = [GroupSpec(g.layer, g.rank_index, self._importance(g, v), self.info["min_rank"])
+        fisher = self.uses_fisher()
+        specs = [GroupSpec(g.layer, g.rank_index, self._importance(g, v, fisher), self.info["min_rank"])
                  for g, v in zip(self.groups, values)]
         full = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
         extras = self.info.get("additional", [])

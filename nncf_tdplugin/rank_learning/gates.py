@@ -30,16 +30,36 @@ class RankGate(nn.Module):
     ``gate`` (learned) and ``mask`` (0/1) scale output channel c of the weight by ``gate[c] * mask[c]``. The other
     buffers are the ADMM state of :class:`~nncf_tdplugin.rank_learning.controller.RankLearningController`:
     ``keep`` (0/1, support of the latest budget projection), ``z`` (the projection), ``u`` (scaled dual variable),
-    ``cost_weight`` (marginal cost of one channel, relative to the mean over all gates) and ``scale`` (the norm a
-    channel carries without its gate, for its importance).
+    ``cost_weight`` (marginal cost of one channel, relative to the mean over all gates), ``scale`` (the norm a
+    channel carries without its gate, for the ``magnitude`` importance) and ``fisher`` / ``fisher_weight`` (for the
+    ``fisher`` importance: an exponentially decayed sum of the squared gradient of the training loss with respect
+    to the gate's effective value, and the decayed count of backward passes it sums).
+
+    With ``track_fisher`` set (by the controller, from ``rank_learning.importance``), every forward pass with
+    gradients on registers a hook on the effective gate, so the sums see only the gradient that flows through the
+    model (the task loss and any distillation loss), not the gradient of the compression loss on the gate parameter.
     """
 
     def __init__(self, channels: int):
         super().__init__()
         self.gate = nn.Parameter(torch.ones(channels))
         for name, value in (("mask", 1.0), ("keep", 1.0), ("z", 1.0), ("u", 0.0), ("cost_weight", 1.0),
-                            ("scale", 1.0)):
+                            ("scale", 1.0), ("fisher", 0.0)):
             self.register_buffer(name, torch.full((channels,), value))
+        self.register_buffer("fisher_weight", torch.zeros(()))
+        self.track_fisher = False
+        self.fisher_decay = 1.0
+
+    def _accumulate_fisher(self, grad: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.fisher.mul_(self.fisher_decay).add_(grad.detach().to(self.fisher.dtype).pow(2))
+            self.fisher_weight.mul_(self.fisher_decay).add_(1.0)
+
+    def fisher_information(self) -> Optional[torch.Tensor]:
+        """Per channel: the decayed mean of the squared gradient (None before the first backward pass)."""
+        if float(self.fisher_weight) <= 0:
+            return None
+        return self.fisher / self.fisher_weight
 
     @property
     def channels(self) -> int:
@@ -50,6 +70,8 @@ class RankGate(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         g = self.effective().to(weight.dtype)
+        if self.track_fisher and g.requires_grad and not torch.jit.is_tracing():
+            g.register_hook(self._accumulate_fisher)
         return weight * g.reshape((-1,) + (1,) * (weight.dim() - 1))
 
     def extra_repr(self) -> str:
