@@ -101,6 +101,7 @@ def test_fisher_importance_sums_the_model_gradient_only_and_decides_the_projecti
     ctrl, model = compress(td_block=block(importance="fisher", update_every=4), quantization=False)
     td = td_ctrl(ctrl)
     assert all(g.gate.fisher_information() is None for g in td.groups) and not td.uses_fisher()
+    assert "fisher (magnitude until every gate has seen a backward pass)" in ctrl.statistics().to_str()
     td.z_step(2.5)  # the compression loss now pulls on the gates; its gradient is not the model's
     ctrl.loss().backward()
     assert all(g.gate.fisher_information() is None for g in td.groups)
@@ -117,6 +118,8 @@ def test_fisher_importance_sums_the_model_gradient_only_and_decides_the_projecti
         assert float(g.gate.fisher_weight) == pytest.approx(decay + 1)
         assert torch.allclose(g.gate.fisher[m], expected[m], rtol=1e-5, atol=1e-12)
     assert td.uses_fisher()
+    (row,) = [line for line in ctrl.statistics().to_str().splitlines() if "Channel importance" in line]
+    assert "fisher" in row and "magnitude" not in row
     # a group whose channels the loss does not feel gives up its channels first, whatever their norms
     quiet = max(td.groups, key=lambda g: float(g.gate.scale.max()))
     for g in td.groups:

@@ -381,6 +381,10 @@ class RankLearningController(TensorDecompositionController):
             "Initial ranks -> now": f"{sum(sum(r) for r in self.info['initial_ranks'].values())} -> "
                                     f"{sum(sum(r) for r in ranks.values())} rank channels",
         }
+        if self.groups and state == "learning":
+            extra["Channel importance"] = self.rl["importance"] + (
+                "" if self.rl["importance"] == "magnitude" or self.uses_fisher()
+                else " (magnitude until every gate has seen a backward pass)")
         for a in self.additional_status():
             extra[f"Also {a['metric']} budget"] = (f"{a['achieved_ratio']:.3f}x now (scheduled "
                                                    f"{a['scheduled_ratio']:.3f}x, target {a['target_ratio']:.3f}x)")
