@@ -1,7 +1,8 @@
 """Fine-tuning benchmark on Fashion-MNIST (issue 4): accuracy, FLOPs/parameter reduction and OpenVINO latency of
 (1) data-free search + fine-tune, (2) budget-aware rank learning during fine-tuning, (3) uniform ranks + fine-tune and
 (4) NNCF's filter_pruning at the same FLOPs reduction (and rank_learning_fisher: (2) with the data-driven channel
-importance, ``rank_learning.importance: "fisher"``), all with the same number of fine-tuning epochs, starting from
+importance, ``rank_learning.importance: "fisher"``; and the control dense+finetune: the uncompressed model through the
+same fine-tuning, once per seed, budget "-"), all with the same number of fine-tuning epochs, starting from
 the cached trained ResNet-18-style classifier (benchmarks/data_models/fashion_mnist.py, 4 epochs, 92.88% test
 accuracy).
 
@@ -82,6 +83,8 @@ def parse_budget(text: str) -> tuple:
 
 def budget_label(budget: tuple) -> str:
     metric, ratio, extra = budget
+    if metric == "-":  # dense+finetune: no budget
+        return "-"
     return "+".join(f"{m}:{r:g}" for m, r in ((metric, ratio), *extra))
 
 
@@ -129,6 +132,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     start = time.perf_counter()
     if name == "filter_pruning":
         block = pruning_block(flops_for_pruning, steps=max(0, args.epochs - 1))
+    elif name == "dense+finetune":  # the control: the uncompressed model through the same fine-tuning
+        block = None
     else:
         method = {"search+finetune": "search", "rank_learning": "rank_learning",
                   "rank_learning_fisher": "rank_learning_fisher", "uniform+finetune": "uniform"}[name]
@@ -138,7 +143,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     # same for every method
     kd = [{"algorithm": "knowledge_distillation", "type": "softmax", "temperature": args.kd_temperature}] \
         if args.kd else []
-    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT}, "compression": kd + [block]})
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
+                                        "compression": kd + ([block] if block else [])})
     config = register_default_init_args(config, train_loader)
     ctrl, compressed = create_compressed_model(model, config)
     finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None),
@@ -151,7 +157,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         achieved = None
     else:
         xml = export_openvino(ctrl, example, out_dir / f"{tag}.xml")
-        achieved = td_controller(ctrl).statistics().tensor_decomposition.achieved_ratio
+        td = td_controller(ctrl)
+        achieved = td.statistics().tensor_decomposition.achieved_ratio if td is not None else None
     int8 = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml")
     cost = ir_cost(xml, INPUT)
     return {"method": name, "budget": budget_label(budget), "seed": seed,
@@ -165,6 +172,8 @@ def row_tag(method: str, budget: str, seed: int) -> str:
     """File stem of a row's IRs (seed 0 keeps the names of the runs made before --seeds existed)."""
     if method == "dense":
         return "dense"
+    if method == "dense+finetune":
+        return "dense_finetune" + (f"_s{seed}" if seed else "")
     return f"{method.replace('+', '_')}_{budget.replace(':', '').replace('+', '_')}" + (f"_s{seed}" if seed else "")
 
 
@@ -252,6 +261,19 @@ def main(argv=None) -> int:
     rows = [{"method": "dense", "budget": "-", "seed": None, "flops_ratio": 1.0, "params_ratio": 1.0,
              "test_accuracy": baseline["accuracy"], "baseline_accuracy": baseline["accuracy"], "epochs": 0,
              "ir": str(dense_xml), "ir_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
+    for seed in seeds if "dense+finetune" in methods else ():
+        where = "dense+finetune" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
+        if ("dense+finetune", "-", seed) in prior:
+            rows.append(prior[("dense+finetune", "-", seed)])
+            print(f"== {where}: kept from {args.resume}")
+            continue
+        print(f"== {where}", flush=True)
+        row = run_method("dense+finetune", ("-", None, ()), base, (train_loader, test_loader), args, out_dir,
+                         calibration, baseline, seed=seed)
+        rows.append(row)
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json + ".partial").write_text(json.dumps(rows, indent=2))
+        print(f"   accuracy {row['test_accuracy']:.4f}, {row['seconds']:.0f} s", flush=True)
     for budget in budgets:
         label = budget_label(budget)
         flops_target = dict([budget[:2], *budget[2]]).get("flops")
@@ -260,6 +282,8 @@ def main(argv=None) -> int:
         search_flops = next((r["flops_ratio"] for (m, b, _), r in prior.items()
                              if m == "search+finetune" and b == label), None)
         for seed, name in [(seed, name) for seed in seeds for name in methods]:
+            if name == "dense+finetune":  # no budget: run once per seed, before the budgets (below)
+                continue
             if name == "filter_pruning":
                 ratio = search_flops or flops_target
                 if ratio is None:

@@ -21,7 +21,7 @@ import sys
 OURS = ("search+finetune", "rank_learning", "rank_learning_fisher")
 LATENCIES = (("latency_ms_default", "default precision"), ("latency_ms_int8", "INT8"))
 MARKERS = {"dense": ("k", "*"), "search+finetune": ("tab:blue", "o"), "rank_learning": ("tab:green", "s"),
-           "rank_learning_fisher": ("tab:olive", "D"),
+           "rank_learning_fisher": ("tab:olive", "D"), "dense+finetune": ("grey", "P"),
            "uniform+finetune": ("tab:orange", "^"), "filter_pruning": ("tab:red", "v")}
 
 
@@ -136,7 +136,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
             ax.scatter(r[key], 100 * r["test_accuracy"], c=color, marker=marker, s=60,
                        label=None if r["method"] in seen else r["method"])
             seen.add(r["method"])
-            if r["method"] != "dense":
+            if r["budget"] != "-":
                 ax.annotate(r["budget"], (r[key], 100 * r["test_accuracy"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
         hints = sorted({r.get(key.replace("latency_ms", "precision")) or "default" for r in rows if r.get(key)})
