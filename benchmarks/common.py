@@ -25,11 +25,17 @@ def quiet_nncf() -> None:
     logging.getLogger("nncf").setLevel(logging.WARNING)
 
 
-def compress_with_config(model: torch.nn.Module, input_size, td_block: dict, extra_algorithms=()):
+def compress_with_config(model: torch.nn.Module, input_size, td_block: dict, extra_algorithms=(),
+                         calibration: Optional[torch.Tensor] = None):
     """``create_compressed_model`` with a config made of ``td_block`` (+ other algorithm blocks); returns
-    (controller, model, seconds)."""
+    (controller, model, seconds). ``calibration`` (input images) is registered as NNCF's init data."""
     config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": list(input_size)},
                                         "compression": [td_block, *extra_algorithms]})
+    if calibration is not None:
+        from nncf.torch import register_default_init_args
+
+        data = torch.utils.data.TensorDataset(calibration, torch.zeros(len(calibration), dtype=torch.long))
+        config = register_default_init_args(config, torch.utils.data.DataLoader(data, batch_size=64))
     start = time.perf_counter()
     ctrl, compressed = create_compressed_model(model, config)
     return ctrl, compressed.eval(), time.perf_counter() - start

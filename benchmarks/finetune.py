@@ -1,7 +1,8 @@
 """Fine-tuning benchmark on Fashion-MNIST (issue 4): accuracy, FLOPs/parameter reduction and OpenVINO latency of
 (1) data-free search + fine-tune, (2) budget-aware rank learning during fine-tuning, (3) uniform ranks + fine-tune and
 (4) NNCF's filter_pruning at the same FLOPs reduction (and rank_learning_fisher: (2) with the data-driven channel
-importance, ``rank_learning.importance: "fisher"``; and the control dense+finetune: the uncompressed model through the
+importance, ``rank_learning.importance: "fisher"``; search_aa+finetune: (1) with ``decomposition.activation_aware``,
+ranks and factors fitted to the layers' outputs on NNCF's init data, the training images; and the control dense+finetune: the uncompressed model through the
 same fine-tuning, once per seed, budget "-"), all with the same number of fine-tuning epochs, starting from
 the cached trained ResNet-18-style classifier (benchmarks/data_models/fashion_mnist.py, 4 epochs, 92.88% test
 accuracy).
@@ -135,10 +136,12 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     elif name == "dense+finetune":  # the control: the uncompressed model through the same fine-tuning
         block = None
     else:
-        method = {"search+finetune": "search", "rank_learning": "rank_learning",
+        method = {"search+finetune": "search", "search_aa+finetune": "search", "rank_learning": "rank_learning",
                   "rank_learning_fisher": "rank_learning_fisher", "uniform+finetune": "uniform"}[name]
         block = td_block(metric, ratio, method, args.epochs, args.update_every, len(train_loader),
                          args.latency_threads, additional)
+        if name == "search_aa+finetune":  # activation-aware: ranks and factors for the outputs on training images
+            block["decomposition"] = {"activation_aware": True}
     # knowledge distillation from the original model (NNCF's own algorithm; its loss is part of ctrl.loss()), the
     # same for every method
     kd = [{"algorithm": "knowledge_distillation", "type": "softmax", "temperature": args.kd_temperature}] \

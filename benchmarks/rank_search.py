@@ -48,7 +48,15 @@ def fmnist_model_and_data(n_test):
     return model, x, y[:n_test], info
 
 
-def run_model(name, factory, x, labels, input_size, ratios, rows, metric="params", extra=None):
+def fmnist_train_images(n):
+    """The first ``n`` training images, normalised as the model's inputs (never the test images)."""
+    from benchmarks.data_models.fashion_mnist import MEAN, STD, load_fashion_mnist
+
+    x, _ = load_fashion_mnist("train")
+    return ((x[:n].float() / 255.0 - MEAN) / STD)[:, None]
+
+
+def run_model(name, factory, x, labels, input_size, ratios, rows, metric="params", extra=None, calibration=None):
     reference = logits(factory(), x)
     baseline = float((reference.argmax(1) == labels).float().mean()) if labels is not None else None
     for ratio in ratios:
@@ -58,8 +66,11 @@ def run_model(name, factory, x, labels, input_size, ratios, rows, metric="params
             row = {"model": name, "budget_metric": metric, "target_ratio": ratio, "selector": selector}
             if extra:
                 row["extra_config"] = json.dumps(extra)
+            if calibration is not None:
+                row["calibration_images"] = len(calibration)
             try:
-                ctrl, model, _ = compress_with_config(factory(), input_size, copy.deepcopy(block))
+                ctrl, model, _ = compress_with_config(factory(), input_size, copy.deepcopy(block),
+                                                      calibration=calibration)
             except ValueError as e:  # unreachable budgets are reported, not hidden
                 rows.append({**row, "error": str(e)})
                 print(f"{name} {ratio}x {selector}: {e}")
@@ -98,6 +109,9 @@ def main():
     p.add_argument("--model-fn", help="for --model custom: 'package.module:function' returning the model")
     p.add_argument("--input-size", default="1,3,224,224")
     p.add_argument("--ratios", default=None, help="comma-separated, default 2,3,5 (2,3 with --quick)")
+    p.add_argument("--calibration", type=int, default=0,
+                   help="register this many images (training split; other crops for MobileNetV2) as NNCF's init "
+                        "data, for data-aware options such as decomposition.activation_aware (default: none)")
     p.add_argument("--td-extra", default=None, help='extra keys for every tensor_decomposition block, as JSON, '
                    'e.g. \'{"decomposition": {"bn_aware": false}}\'')
     args = p.parse_args()
@@ -110,12 +124,14 @@ def main():
     if args.model in ("all", "mobilenet_v2"):
         from natural_images import crops
 
+        calibration = crops(args.calibration, seed=11) if args.calibration else None
         run_model("mobilenet_v2 (ImageNet)", mobilenet_v2, crops(32 if args.quick else 256, seed=7), None,
-                  [1, 3, 224, 224], ratios, rows, extra=extra)
+                  [1, 3, 224, 224], ratios, rows, extra=extra, calibration=calibration)
     if args.model in ("all", "resnet_fmnist"):
         model, x, y, info = fmnist_model_and_data(500 if args.quick else 10000)
+        calibration = fmnist_train_images(args.calibration) if args.calibration else None
         run_model("resnet18 (Fashion-MNIST)", lambda: copy.deepcopy(model), x, y, [1, 1, 28, 28], ratios, rows,
-                  extra=extra)
+                  extra=extra, calibration=calibration)
     if args.model == "resnet50" or (args.model == "all" and not args.quick):
         resnet50_search_time(rows)  # decomposing ResNet-50 takes minutes: not in --quick
     if args.model == "custom":

@@ -236,6 +236,21 @@ TD_SCHEMA: dict[str, Any] = {
                     "error by |gamma| / sigma of that BatchNorm (how much the channel matters after it) in both "
                     "rank selection and decomposition. Data-free; exact at full rank.",
                 },
+                "activation_aware": {
+                    "type": "boolean", "default": False,
+                    "description": "Approximate each layer for the error of its outputs on calibration data, not "
+                    "of its weights: with M the second moment of the layer's input channels, rank selection and "
+                    "decomposition see W M^(1/2), and the first factor is multiplied back by M^(-1/2) "
+                    "(docs/rank_search.md). Needs nncf.torch.register_default_init_args(config, loader); exact at "
+                    "full rank; combines with bn_aware.",
+                },
+                "activation_samples": {**_POSITIVE_INT, "default": 512,
+                                       "description": "Calibration samples for activation_aware's input moments."},
+                "activation_damping": {
+                    "type": "number", "exclusiveMinimum": 0, "default": 0.01,
+                    "description": "activation_aware: M + damping * mean(diag(M)) * I is used, so channels the "
+                    "calibration data leaves silent keep a bounded weight.",
+                },
             },
         },
         "ignored_scopes": {
@@ -401,6 +416,9 @@ class TDConfig:
     cp_iterations: int = 200
     seed: int = 0
     bn_aware: bool = False
+    activation_aware: bool = False
+    activation_samples: int = 512
+    activation_damping: float = 0.01
     latency: dict = field(default_factory=dict)  # the 'latency' block with defaults (budget.metric 'latency')
     rank_learning: Optional[dict] = None  # the 'rank_learning' block, resolved (None: ranks fixed before training)
     raw: dict = field(default_factory=dict)
@@ -496,6 +514,9 @@ class TDConfig:
             cp_iterations=numerics["cp_iterations"],
             seed=numerics["seed"],
             bn_aware=numerics["bn_aware"],
+            activation_aware=numerics["activation_aware"],
+            activation_samples=numerics["activation_samples"],
+            activation_damping=numerics["activation_damping"],
             latency={**defaults(TD_SCHEMA["properties"]["latency"]), **section.get("latency", {})},
             rank_learning=_rank_learning(section, selection, budget) if "rank_learning" in section else None,
             raw=dict(section),

@@ -13,6 +13,7 @@ from nncf_tdplugin.layers.factorized import (
     is_decomposable,
     reconstruct_weight,
     relative_error,
+    weighted_weight,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "is_decomposable",
     "reconstruct_weight",
     "relative_error",
+    "weighted_weight",
 ]

@@ -28,6 +28,7 @@ from torch import nn
 
 from nncf_tdplugin.decomposition import cp_decompose, svd_decompose, tucker2_decompose
 from nncf_tdplugin.decomposition.ranks import METHODS, max_ranks
+from nncf_tdplugin.decomposition.whitening import InputWhitening, weight_times_input
 
 
 class _Decomposed(nn.Sequential):
@@ -155,17 +156,20 @@ def build_factorized(module: nn.Module, method: str, ranks: Sequence[int]) -> De
 @torch.no_grad()
 def decompose_layer(
     module: nn.Module, method: str, ranks: Sequence[int], tucker_iterations: int = 10, cp_iterations: int = 200,
-    seed: int = 0, output_scale: Optional[torch.Tensor] = None,
+    seed: int = 0, output_scale: Optional[torch.Tensor] = None, input_whitening: Optional[InputWhitening] = None,
 ) -> DecomposedLayer:
     """Decompose a dense ``module`` into factor layers initialised from its weights.
 
     ``output_scale`` (one positive value per output channel) makes the approximation weighted: the factors
     approximate ``diag(scale) @ W`` and the last factor is divided back, so errors count in proportion to how much
     each output channel matters downstream (e.g. gamma / sigma of a following BatchNorm; see
-    :func:`importance_weighted`). Exact at full rank either way.
+    :func:`importance_weighted`). ``input_whitening`` (from the layer's input moment ``M``, see
+    :mod:`nncf_tdplugin.decomposition.whitening`) makes the factors approximate ``W M^(1/2)`` and multiplies the
+    first factor back by ``M^(-1/2)``: the error is then the expected error of the outputs on the calibration
+    inputs. Exact at full rank either way.
     """
     layer = build_factorized(module, method, ranks)
-    weight = module.weight if output_scale is None else importance_weighted(module.weight, output_scale)
+    weight = weighted_weight(module.weight, output_scale, input_whitening)
     if method == "svd":
         f = svd_decompose(weight.reshape(weight.shape[0], -1), layer.ranks[0])
         layer.in_proj.weight.copy_(f.first.reshape(layer.in_proj.weight.shape))
@@ -184,6 +188,8 @@ def decompose_layer(
     if output_scale is not None:
         shape = (-1,) + (1,) * (layer.out_proj.weight.dim() - 1)
         layer.out_proj.weight.div_(output_scale.to(layer.out_proj.weight).reshape(shape))
+    if input_whitening is not None:
+        layer.in_proj.weight.copy_(weight_times_input(layer.in_proj.weight, input_whitening.inv_sqrt))
     if module.bias is not None:
         layer.out_proj.bias.copy_(module.bias)
     return layer
@@ -192,6 +198,17 @@ def decompose_layer(
 def importance_weighted(weight: torch.Tensor, output_scale: torch.Tensor) -> torch.Tensor:
     """``diag(output_scale) @ W``: the weight as the next layer sees it (per output channel)."""
     return weight * output_scale.to(weight).reshape((-1,) + (1,) * (weight.dim() - 1))
+
+
+def weighted_weight(weight: torch.Tensor, output_scale: Optional[torch.Tensor] = None,
+                    input_whitening: Optional[InputWhitening] = None) -> torch.Tensor:
+    """``diag(output_scale) @ W @ M^(1/2)``: what the decompositions (and rank selection) approximate when either
+    weighting is on; ``W`` itself when neither is."""
+    if output_scale is not None:
+        weight = importance_weighted(weight, output_scale)
+    if input_whitening is not None:
+        weight = weight_times_input(weight, input_whitening.sqrt)
+    return weight
 
 
 @torch.no_grad()
@@ -209,10 +226,12 @@ def reconstruct_weight(layer: DecomposedLayer) -> torch.Tensor:
 
 
 def relative_error(dense_weight: torch.Tensor, layer: DecomposedLayer,
-                   output_scale: Optional[torch.Tensor] = None) -> float:
-    """||W - W_hat||_F / ||W||_F, weighted per output channel by ``output_scale`` if given."""
+                   output_scale: Optional[torch.Tensor] = None,
+                   input_whitening: Optional[InputWhitening] = None) -> float:
+    """||W - W_hat||_F / ||W||_F, weighted per output channel by ``output_scale`` and on the input side by
+    ``M^(1/2)`` of ``input_whitening`` if given (then the relative RMS error of the outputs on the calibration
+    inputs, per kernel position)."""
     w = dense_weight.detach()
     w_hat = reconstruct_weight(layer).reshape(w.shape)
-    if output_scale is not None:
-        w, w_hat = importance_weighted(w, output_scale), importance_weighted(w_hat, output_scale)
+    w, w_hat = weighted_weight(w, output_scale, input_whitening), weighted_weight(w_hat, output_scale, input_whitening)
     return float((w_hat - w).norm() / w.norm().clamp_min(1e-12))

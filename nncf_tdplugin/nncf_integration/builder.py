@@ -27,15 +27,17 @@ from tqdm.auto import tqdm
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError
 from nncf_tdplugin.decomposition.ranks import max_ranks
+from nncf_tdplugin.decomposition.whitening import InputWhitening
 from nncf_tdplugin.layers import (
     build_factorized,
     check_ranks,
     decompose_layer,
-    importance_weighted,
     is_decomposable,
     relative_error,
+    weighted_weight,
 )
 from nncf_tdplugin.nncf_integration._internals import refresh_after_restructuring
+from nncf_tdplugin.nncf_integration.activation_stats import collect_input_moments
 from nncf_tdplugin.nncf_integration.graph_layers import GraphLayer, find_weighted_layers
 from nncf_tdplugin.nncf_integration.latency_budget import (
     attach_latency_costs,
@@ -66,6 +68,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         self.td_config = TDConfig.from_section(self._algo_config)
         _check_position(config)
         self._plan: Optional[dict[str, Any]] = None  # set by load_state on resume, else by the selection
+        self._input_whitening: dict[str, InputWhitening] = {}  # decomposition.activation_aware, per layer
 
     # --- state -----------------------------------------------------------------------------------------------
     def _get_state_without_name(self) -> dict[str, Any]:
@@ -121,6 +124,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         overrides = _match_overrides(cfg, layers)
         skipped: dict[str, str] = {}
         candidates: list[LayerCandidate] = []
+        pending: list[tuple] = []  # (layer, methods, fixed choice) of the layers that may be decomposed
         first, last = (layers[0].module_name, layers[-1].module_name) if layers else (None, None)
         seen = set()
         for layer in layers:
@@ -141,11 +145,12 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             fixed = None
             if override is not None and override.ranks is not None:
                 fixed = _fixed_choice(layer.module, methods[0], override, cfg)
-            weight = layer.module.weight.detach()
-            scale = self._output_scale(layer)
-            if scale is not None:
-                weight = importance_weighted(weight, scale)
-            candidates.append(LayerCandidate(name, weight, layer.geometry, methods, fixed))
+            pending.append((layer, methods, fixed))
+        self._collect_input_statistics(model, [layer for layer, _, _ in pending])
+        for layer, methods, fixed in pending:
+            weight = weighted_weight(layer.module.weight.detach(), self._output_scale(layer),
+                                     self._input_whitening.get(layer.module_name))
+            candidates.append(LayerCandidate(layer.module_name, weight, layer.geometry, methods, fixed))
 
         metric = cfg.budget_metric
         cand_names = {c.name for c in candidates}
@@ -238,12 +243,15 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             dense = by_name[name].module
             if decompose:
                 scale = self._output_scale(by_name[name])
+                whitening = self._input_whitening.get(name)
                 factorized = decompose_layer(
                     dense, entry["method"], entry["ranks"], tucker_iterations=cfg.tucker_iterations,
-                    cp_iterations=cfg.cp_iterations, seed=cfg.seed, output_scale=scale,
+                    cp_iterations=cfg.cp_iterations, seed=cfg.seed, output_scale=scale, input_whitening=whitening,
                 )
                 entry["relative_error"] = relative_error(dense.weight, factorized, scale)
                 entry["bn_weighted"] = scale is not None
+                if whitening is not None:  # the relative RMS error of the outputs on the calibration inputs
+                    entry["activation_error"] = relative_error(dense.weight, factorized, scale, whitening)
             else:
                 factorized = build_factorized(dense, entry["method"], entry["ranks"])
             for child_name, child in list(factorized.named_children()):
@@ -255,6 +263,19 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
 
     def _output_scale(self, layer: GraphLayer) -> Optional[torch.Tensor]:
         return layer.output_scale if self.td_config.bn_aware else None
+
+    def _collect_input_statistics(self, model: NNCFNetwork, layers: list[GraphLayer]) -> None:
+        """``decomposition.activation_aware``: the input whitening of every layer that may be decomposed, from one
+        pass over the calibration data (kept: rank learning may plan several times)."""
+        cfg = self.td_config
+        todo = {layer.module_name: layer.module for layer in layers if layer.module_name not in self._input_whitening}
+        if not cfg.activation_aware or not todo:
+            return
+        start = time.perf_counter()
+        moments = collect_input_moments(model, todo, self.config, cfg.activation_samples)
+        for name, moment in moments.items():
+            self._input_whitening[name] = InputWhitening.from_moment(moment, cfg.activation_damping)
+        nncf_logger.info(f"{ALGO_NAME}: input statistics of {len(todo)} layers in {time.perf_counter() - start:.1f} s")
 
 
 def _single_input_shape(config) -> Optional[list]:

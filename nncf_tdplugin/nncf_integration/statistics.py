@@ -78,6 +78,7 @@ class TensorDecompositionStatistics(Statistics):
         out = [f"Statistics of the tensor decomposition algorithm:\n{create_table(['Statistic', 'Value'], summary)}"]
         rows = []
         with_latency = any("latency_ms" in e for e in self.layers.values())
+        with_activation = any("activation_error" in e for e in self.layers.values())
         for name, e in self.layers.items():
             err = e.get("relative_error")
             rows.append([
@@ -85,9 +86,11 @@ class TensorDecompositionStatistics(Statistics):
                 f"{_fmt_int(e['dense_params'])} -> {_fmt_int(e['params'])}",
                 f"{_fmt_int(e['dense_macs'])} -> {_fmt_int(e['macs'])}",
                 "-" if err is None else f"{err:.4f}",
-            ] + ([f"{e['dense_latency_ms']:.4f} -> {e['latency_ms']:.4f}"] if with_latency else []))
+            ] + ([f"{e['activation_error']:.4f}" if "activation_error" in e else "-"] if with_activation else [])
+              + ([f"{e['dense_latency_ms']:.4f} -> {e['latency_ms']:.4f}"] if with_latency else []))
         if rows:
             header = ["Layer", "Method", "Ranks", "Full ranks", "Params", "MACs", "Rel. error"]
+            header += ["Output error (data)"] if with_activation else []
             header += ["Latency (ms)"] if with_latency else []
             out.append(f"Decomposed layers:\n{create_table(header, rows)}")
         if self.skipped:
