@@ -2,8 +2,9 @@
 (1) data-free search + fine-tune, (2) budget-aware rank learning during fine-tuning, (3) uniform ranks + fine-tune and
 (4) NNCF's filter_pruning at the same FLOPs reduction (and rank_learning_fisher: (2) with the data-driven channel
 importance, ``rank_learning.importance: "fisher"``; search_aa+finetune: (1) with ``decomposition.activation_aware``,
-ranks and factors fitted to the layers' outputs on NNCF's init data, the training images; and the control dense+finetune: the uncompressed model through the
-same fine-tuning, once per seed, budget "-"), all with the same number of fine-tuning epochs, starting from
+ranks and factors fitted to the layers' outputs on NNCF's init data, the training images; and the control
+dense+finetune: the uncompressed model through the same fine-tuning, once per seed, budget "-"), all with the same
+number of fine-tuning epochs, starting from
 the cached trained ResNet-18-style classifier (benchmarks/data_models/fashion_mnist.py, 4 epochs, 92.88% test
 accuracy).
 
@@ -264,6 +265,10 @@ def main(argv=None) -> int:
     rows = [{"method": "dense", "budget": "-", "seed": None, "flops_ratio": 1.0, "params_ratio": 1.0,
              "test_accuracy": baseline["accuracy"], "baseline_accuracy": baseline["accuracy"], "epochs": 0,
              "ir": str(dense_xml), "ir_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
+    def save_partial(rows):  # rows so far (untimed), so that a long run cut short can go on with --resume
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json + ".partial").write_text(json.dumps(rows, indent=2))
+
     for seed in seeds if "dense+finetune" in methods else ():
         where = "dense+finetune" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
         if ("dense+finetune", "-", seed) in prior:
@@ -274,8 +279,7 @@ def main(argv=None) -> int:
         row = run_method("dense+finetune", ("-", None, ()), base, (train_loader, test_loader), args, out_dir,
                          calibration, baseline, seed=seed)
         rows.append(row)
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json + ".partial").write_text(json.dumps(rows, indent=2))
+        save_partial(rows)
         print(f"   accuracy {row['test_accuracy']:.4f}, {row['seconds']:.0f} s", flush=True)
     for budget in budgets:
         label = budget_label(budget)
@@ -312,9 +316,7 @@ def main(argv=None) -> int:
             if name == "search+finetune":
                 search_flops = row["flops_ratio"]
             rows.append(row)
-            # rows so far (untimed), so that a long run cut short can go on with --resume
-            pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            pathlib.Path(args.json + ".partial").write_text(json.dumps(rows, indent=2))
+            save_partial(rows)
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
     ran = {(r["method"], r["budget"], r.get("seed") or 0) for r in rows}
