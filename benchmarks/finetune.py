@@ -15,7 +15,9 @@ accuracy).
 ``--seeds 0,1,2`` runs every method and budget once per seed (the seed sets the data order and augmentation of the
 fine-tuning, set again before each row) and ends with the mean over seeds; a seed's IRs get a ``_s<seed>`` suffix.
 Runs of different budgets or methods can be combined: each --resume keeps the earlier rows and times every IR again
-with the new ones, side by side (docs/rank_learning.md, "ResNet-18 widths", lists the commands of such a run).
+with the new ones, side by side (docs/rank_learning.md, "ResNet-18 widths", lists the commands of such a run). A
+row whose IRs are no longer in --out-dir keeps the latencies of its earlier timing run; every row carries the dense
+IR's latencies of the run that timed it (dense_latency_ms_*), and the report rescales rows of other runs by them.
 
 Rows: method, budget (metric:ratio), flops_ratio and params_ratio (MACs and weights of the Convolution/MatMul ops
 of the exported IRs, against the dense IR: the same count for every method, pruning included), test_accuracy (f32,
@@ -70,6 +72,7 @@ from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 COLUMNS = ["method", "budget", "seed", "flops_ratio", "params_ratio", "test_accuracy", "baseline_accuracy", "epochs",
            "latency_ms_default", "latency_ms_int8", "precision_default", "precision_int8", "achieved_ratio", "seconds"]
 INPUT = [1, 1, 28, 28]
+LATENCY_KEYS = ("latency_ms_default", "latency_ms_int8")
 
 
 def parse_budget(text: str) -> tuple:
@@ -260,6 +263,12 @@ def main(argv=None) -> int:
             r.setdefault("ir", str(out_dir / f"{tag}.xml"))
             r.setdefault("ir_int8", str(out_dir / f"{tag}_int8.xml"))
             prior[(r["method"], r["budget"], r["seed"] or 0)] = r
+        # the earlier run's dense latencies go with its rows: a row whose IRs are gone (another machine, a fresh
+        # checkout) keeps its timing, and the report compares it with this run's rows as a speedup over its own dense
+        prior_dense = prior.get(("dense", "-", 0), {})
+        for r in prior.values():
+            for key in LATENCY_KEYS:
+                r.setdefault(f"dense_{key}", prior_dense.get(key))
     dense_xml = export_openvino(base, example, out_dir / "dense.xml")
     baseline = {"accuracy": evaluate(base, test_loader, progress=False), **ir_cost(dense_xml, INPUT)}
     rows = [{"method": "dense", "budget": "-", "seed": None, "flops_ratio": 1.0, "params_ratio": 1.0,
@@ -324,9 +333,15 @@ def main(argv=None) -> int:
         if key not in ran:
             print(f"== {key[0]} at {key[1]}, seed {key[2]}: kept from {args.resume}")
             rows.append(row)
-    timed = [r for r in rows if "ir" in r] if not args.no_timing else []
+    timed = [r for r in rows if "ir" in r and all(pathlib.Path(r[k]).exists() for k in ("ir", "ir_int8"))] \
+        if not args.no_timing else []
+    timed_ids = {id(r) for r in timed}
+    for r in rows if timed else ():
+        if id(r) not in timed_ids and "error" not in r:
+            print(f"{r['method']} at {r['budget']}, seed {r.get('seed')}: IRs not in {out_dir}, keeping the latencies "
+                  f"of its earlier timing run (dense there: {r.get('dense_latency_ms_default')} ms)")
     iterations, repeats = (30, 2) if args.quick else (100, 5)
-    for key, latency_key in (("ir", "latency_ms_default"), ("ir_int8", "latency_ms_int8")) if timed else ():
+    for key, latency_key in zip(("ir", "ir_int8"), LATENCY_KEYS) if timed else ():
         # every row of a column at one precision: the CPU's default, or f32 for all of them if OpenVINO cannot
         # compile one of the IRs at the default (seen for the INT8 IRs of this network on an AVX512-BF16 CPU:
         # "No suitable implementations"); INT8 layers run in INT8 either way, the hint sets the precision of the rest
@@ -341,6 +356,11 @@ def main(argv=None) -> int:
             for r, result in zip(timed, results):
                 r[latency_key], r[latency_key.replace("latency_ms", "precision")] = result.median_ms, precision
             break
+    run_id = time.strftime("%Y-%m-%dT%H:%M")
+    for r in timed:  # rows[0] is this run's dense row, always timed
+        r["timing_run"] = run_id
+        for key in LATENCY_KEYS:
+            r[f"dense_{key}"] = rows[0].get(key)
     for r in rows:
         r.setdefault("train_subset", args.train_subset)
         r.setdefault("test_subset", args.test_subset)

@@ -10,7 +10,8 @@ Targets (issue 4), with "ours" = search+finetune (plain or activation-aware) and
 - every filter_pruning point dominated by a point of ours (higher accuracy at equal or lower latency), for each
   latency column.
 A method and budget that ran with several seeds (finetune.py --seeds) enters the targets and the plot as its mean
-over the seeds (accuracy, ratios and latencies).
+over the seeds (accuracy, ratios and latencies). Rows timed in an earlier run (their IRs gone) are rescaled to the
+file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*").
 """
 
 import argparse
@@ -30,6 +31,22 @@ def _ok(rows):
     return [r for r in rows if "error" not in r and r.get("test_accuracy") is not None]
 
 
+def rescale(rows: list[dict]) -> list[dict]:
+    """Rows timed in another run than the file's dense row (finetune.py --resume after their IRs were gone), with
+    each latency rescaled by the ratio of the dense IR's latencies of the two runs: the comparison is then between
+    speedups over the dense model, each measured in its own run. The measured value stays in ``<key>_measured``."""
+    dense = next((r for r in rows if r.get("method") == "dense"), None)
+    out = []
+    for r in rows:
+        r = dict(r)
+        for key, _ in LATENCIES:
+            own, ref = r.get(f"dense_{key}"), dense.get(key) if dense else None
+            if r.get(key) is not None and own and ref and abs(own - ref) > 1e-12:
+                r[f"{key}_measured"], r[key], r[f"dense_{key}"] = r[key], r[key] * ref / own, ref
+        out.append(r)
+    return out
+
+
 MEAN_KEYS = ("test_accuracy", "flops_ratio", "params_ratio", "latency_ms_default", "latency_ms_int8")
 
 
@@ -37,7 +54,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     """One row per (method, budget): the row itself, or the mean over its seeds (with "seeds" and the accuracy
     range)."""
     groups = {}
-    for r in _ok(rows):
+    for r in _ok(rescale(rows)):
         groups.setdefault((r["method"], r["budget"]), []).append(r)
     out = []
     for group in groups.values():
@@ -60,7 +77,7 @@ def _name(r: dict) -> str:
 def table(rows: list[dict]) -> str:
     out = ["| method | budget | seed | FLOPs ratio | params ratio | test accuracy | vs dense | epochs | "
            "latency default ms | latency INT8 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in rescale(rows):
         if "error" in r:
             out.append(f"| {r['method']} | {r['budget']} | {r.get('seed', '')} | failed: {r['error'][:80]} "
                        "| | | | | | |")
@@ -70,7 +87,8 @@ def table(rows: list[dict]) -> str:
         def ms(key):
             value = r.get(key)
             suffix = "" if r.get(key.replace("latency_ms", "precision"), "default") == "default" else " (f32)"
-            return "" if value is None else f"{value:.3f}{suffix}"
+            rescaled = "*" if r.get(f"{key}_measured") is not None else ""
+            return "" if value is None else f"{value:.3f}{rescaled}{suffix}"
 
         seed = r.get("seed", None if r["method"] == "dense" else 0)  # rows made before --seeds ran at seed 0
         seed = f"mean of {r['seeds']}" if r.get("seeds") else ("" if seed is None else seed)
@@ -161,6 +179,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = json.loads(pathlib.Path(args.json).read_text())
     print(table(rows))
+    if any(r.get(f"{key}_measured") is not None for r in rescale(rows) for key, _ in LATENCIES):
+        print("* timed in an earlier run: rescaled by the ratio of the dense IR's latencies of the two runs")
     print()
     for name, met, evidence in targets(rows):
         print(f"- {'MET' if met else 'NOT MET'}: {name} ({evidence})")
