@@ -32,6 +32,12 @@ its grid, interpolated per rank); pruning then matches the FLOPs ratio of the se
 ``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the f32 hint, as the INT8 column is timed.
 A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``), for every
 method; pruning then matches the FLOPs ratio of the search row, as at any budget.
+
+pruning+search_aa is decomposition on top of channel pruning: its budget ``flops:R+<metric>:R2`` prunes to R times
+fewer FLOPs (filter_pruning, gradually over epochs - 2 epochs, then one epoch at the final shapes), makes the pruned
+model physically smaller in torch (benchmarks/pruning.py, materialize_pruned_model), then decomposes it under
+``<metric>:R2`` with the activation-aware search and fine-tunes the last epoch (knowledge distillation from the
+pruned model in that stage).
 """
 
 import argparse
@@ -64,7 +70,7 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     fashion_mnist_loaders,
     get_trained_resnet_fmnist,
 )
-from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
+from benchmarks.pruning import export_pruned_ir, ir_cost, materialize_pruned_model, pruning_block  # noqa: E402
 from fashion_mnist_rank_learning import finetune  # noqa: E402
 from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
@@ -135,27 +141,31 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     torch.manual_seed(seed)  # the data order, augmentation and any random init of this row, whatever ran before it
     model = copy.deepcopy(base_model)
     start = time.perf_counter()
+    epochs = args.epochs
+    if name == "pruning+search_aa":  # decomposition on top of pruning: budget flops:R (pruning) + the search's budget
+        if metric != "flops" or not additional:
+            raise ValueError(f"{name} needs a budget flops:R+<metric>:R (pruning's FLOPs ratio, then the budget of "
+                             f"the decomposition of the pruned model), got {budget_label(budget)}")
+        prune_epochs = max(1, epochs - 1)  # pruned gradually, one epoch at the final shapes, then decomposed
+        ctrl, pruned = compress_and_finetune(model, pruning_block(ratio, steps=max(0, prune_epochs - 1)), loaders,
+                                             args, prune_epochs)
+        model = materialize_pruned_model(ctrl, base_model)  # physically smaller plain torch model
+        epochs -= prune_epochs
+        (metric, ratio), additional = additional[0], tuple(additional[1:])
     if name == "filter_pruning":
-        block = pruning_block(flops_for_pruning, steps=max(0, args.epochs - 1))
+        block = pruning_block(flops_for_pruning, steps=max(0, epochs - 1))
     elif name == "dense+finetune":  # the control: the uncompressed model through the same fine-tuning
         block = None
     else:
-        method = {"search+finetune": "search", "search_aa+finetune": "search", "rank_learning": "rank_learning",
-                  "rank_learning_fisher": "rank_learning_fisher", "uniform+finetune": "uniform"}[name]
-        block = td_block(metric, ratio, method, args.epochs, args.update_every, len(train_loader),
+        method = {"search+finetune": "search", "search_aa+finetune": "search", "pruning+search_aa": "search",
+                  "rank_learning": "rank_learning", "rank_learning_fisher": "rank_learning_fisher",
+                  "uniform+finetune": "uniform"}[name]
+        block = td_block(metric, ratio, method, epochs, args.update_every, len(train_loader),
                          args.latency_threads, additional)
-        if name == "search_aa+finetune":  # activation-aware: ranks and factors for the outputs on training images
+        if name in ("search_aa+finetune", "pruning+search_aa"):
+            # activation-aware: ranks and factors for the outputs on training images
             block["decomposition"] = {"activation_aware": True}
-    # knowledge distillation from the original model (NNCF's own algorithm; its loss is part of ctrl.loss()), the
-    # same for every method
-    kd = [{"algorithm": "knowledge_distillation", "type": "softmax", "temperature": args.kd_temperature}] \
-        if args.kd else []
-    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
-                                        "compression": kd + ([block] if block else [])})
-    config = register_default_init_args(config, train_loader)
-    ctrl, compressed = create_compressed_model(model, config)
-    finetune(ctrl, compressed, train_loader, args.epochs, args.lr, log=(print if args.verbose else lambda *a: None),
-             progress=args.verbose)
+    ctrl, compressed = compress_and_finetune(model, block, loaders, args, epochs)
     accuracy = evaluate(compressed, test_loader, progress=False)
     tag = row_tag(name, budget_label(budget), seed)
     example = torch.randn(*INPUT)
@@ -175,6 +185,22 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
             "seconds": time.perf_counter() - start, "ir": str(xml), "ir_int8": str(int8)}
 
 
+def compress_and_finetune(model, block, loaders, args, epochs):
+    """``create_compressed_model`` with ``block`` (None: no compression) and, with --kd, NNCF's knowledge
+    distillation from ``model`` as it comes in (its loss is part of ctrl.loss(); the same for every method), then
+    ``epochs`` epochs of fine-tuning."""
+    train_loader, _ = loaders
+    kd = [{"algorithm": "knowledge_distillation", "type": "softmax", "temperature": args.kd_temperature}] \
+        if args.kd else []
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
+                                        "compression": kd + ([block] if block else [])})
+    config = register_default_init_args(config, train_loader)
+    ctrl, compressed = create_compressed_model(model, config)
+    finetune(ctrl, compressed, train_loader, epochs, args.lr, log=(print if args.verbose else lambda *a: None),
+             progress=args.verbose)
+    return ctrl, compressed
+
+
 def row_tag(method: str, budget: str, seed: int) -> str:
     """File stem of a row's IRs (seed 0 keeps the names of the runs made before --seeds existed)."""
     if method == "dense":
@@ -192,7 +218,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budgets", default="flops:3,params:5",
                         help="metric:ratio,... with metric flops, params, latency or latency_int8; metric:ratio+metric:ratio "
                              "adds budget.additional (params or flops) to a budget (default %(default)s)")
-    parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning")
+    parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning",
+                        help="of search+finetune, search_aa+finetune, rank_learning, rank_learning_fisher, "
+                             "uniform+finetune, filter_pruning, pruning+search_aa, dense+finetune")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated seeds of the fine-tuning runs (data order, augmentation): each method "
                              "and budget runs once per seed, and the table ends with the mean over seeds")

@@ -3,7 +3,8 @@ accuracy-vs-latency plot (one panel per latency column).
 
     python benchmarks/finetune_report.py benchmarks/results/finetune.json --plot docs/finetune_accuracy_latency.png
 
-Targets (issue 4), with "ours" = search+finetune (plain or activation-aware) and rank_learning (either importance):
+Targets (issue 4), with "ours" = search+finetune (plain or activation-aware), rank_learning (either importance) and
+pruning+search_aa (the activation-aware search on top of NNCF's filter pruning):
 - flops ~3x: the best of ours within 0.3 points of the dense model;
 - params ~5x: the best of ours within 1 point;
 - at every budget, the best of ours ahead of uniform+finetune and filter_pruning in accuracy;
@@ -19,11 +20,11 @@ import json
 import pathlib
 import sys
 
-OURS = ("search+finetune", "search_aa+finetune", "rank_learning", "rank_learning_fisher")
+OURS = ("search+finetune", "search_aa+finetune", "rank_learning", "rank_learning_fisher", "pruning+search_aa")
 LATENCIES = (("latency_ms_default", "default precision"), ("latency_ms_int8", "INT8"))
 MARKERS = {"dense": ("k", "*"), "search+finetune": ("tab:blue", "o"), "rank_learning": ("tab:green", "s"),
            "rank_learning_fisher": ("tab:olive", "D"), "dense+finetune": ("grey", "P"),
-           "search_aa+finetune": ("tab:cyan", "h"),
+           "search_aa+finetune": ("tab:cyan", "h"), "pruning+search_aa": ("tab:purple", "X"),
            "uniform+finetune": ("tab:orange", "^"), "filter_pruning": ("tab:red", "v")}
 
 

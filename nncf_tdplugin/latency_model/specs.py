@@ -71,7 +71,8 @@ class LayerSpec:
             positions = 1
             for d in in_shape[1:-1]:
                 positions *= int(d)
-            return cls("linear", module.in_features, module.out_features, positions=positions, bias=bias, int8=int8)
+            return cls("linear", int(module.in_features), int(module.out_features), positions=positions, bias=bias,
+                       int8=int8)
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"no latency spec for {type(module).__name__}; expected Conv2d or Linear")
         kernel, stride, dilation = tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
@@ -85,8 +86,9 @@ class LayerSpec:
                 b = int(module.padding[axis])
             begin.append(b)
             end.append(max(total - b, 0))
-        return cls("conv", module.in_channels, module.out_channels, kernel, stride, tuple(begin), tuple(end), dilation,
-                   module.groups, in_hw, 1, bias, int8)
+        # int(): a size attribute may be a 0-d tensor (NNCF's channel pruning sets some that way); the spec is JSON
+        return cls("conv", int(module.in_channels), int(module.out_channels), kernel, stride, tuple(begin),
+                   tuple(end), dilation, int(module.groups), in_hw, 1, bias, int8)
 
 
 def _pair(p) -> str:
