@@ -17,7 +17,9 @@ fine-tuning, set again before each row) and ends with the mean over seeds; a see
 Runs of different budgets or methods can be combined: each --resume keeps the earlier rows and times every IR again
 with the new ones, side by side (docs/rank_learning.md, "ResNet-18 widths", lists the commands of such a run). A
 row whose IRs are no longer in --out-dir keeps the latencies of its earlier timing run; every row carries the dense
-IR's latencies of the run that timed it (dense_latency_ms_*), and the report rescales rows of other runs by them.
+IR's latencies of the run that timed it (dense_latency_ms_*) and the CPU it ran on (timing_cpu: model, cores, ISA
+flags), and the report rescales rows of other runs on the same CPU by them (never across CPUs: a speed-up measured
+without AMX is not one with AMX).
 
 Rows: method, budget (metric:ratio), flops_ratio and params_ratio (MACs and weights of the Convolution/MatMul ops
 of the exported IRs, against the dense IR: the same count for every method, pruning included), test_accuracy (f32,
@@ -74,6 +76,7 @@ from benchmarks.pruning import export_pruned_ir, ir_cost, materialize_pruned_mod
 from fashion_mnist_rank_learning import finetune  # noqa: E402
 from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
+from nncf_tdplugin.latency_model.specs import cpu_identity  # noqa: E402
 
 COLUMNS = ["method", "budget", "seed", "flops_ratio", "params_ratio", "test_accuracy", "baseline_accuracy", "epochs",
            "latency_ms_default", "latency_ms_int8", "precision_default", "precision_int8", "achieved_ratio", "seconds"]
@@ -297,6 +300,9 @@ def main(argv=None) -> int:
         for r in prior.values():
             for key in LATENCY_KEYS:
                 r.setdefault(f"dense_{key}", prior_dense.get(key))
+            # the CPU it was timed on (None: an earlier run that did not record it); the report compares latencies
+            # of different runs only on the same CPU
+            r.setdefault("timing_cpu", prior_dense.get("timing_cpu"))
     dense_xml = export_openvino(base, example, out_dir / "dense.xml")
     baseline = {"accuracy": evaluate(base, test_loader, progress=False), **ir_cost(dense_xml, INPUT)}
     rows = [{"method": "dense", "budget": "-", "seed": None, "flops_ratio": 1.0, "params_ratio": 1.0,
@@ -384,9 +390,9 @@ def main(argv=None) -> int:
             for r, result in zip(timed, results):
                 r[latency_key], r[latency_key.replace("latency_ms", "precision")] = result.median_ms, precision
             break
-    run_id = time.strftime("%Y-%m-%dT%H:%M")
+    run_id, cpu = time.strftime("%Y-%m-%dT%H:%M"), cpu_identity()
     for r in timed:  # rows[0] is this run's dense row, always timed
-        r["timing_run"] = run_id
+        r["timing_run"], r["timing_cpu"] = run_id, cpu
         for key in LATENCY_KEYS:
             r[f"dense_{key}"] = rows[0].get(key)
     for r in rows:

@@ -12,7 +12,9 @@ pruning+search_aa (the activation-aware search on top of NNCF's filter pruning):
   latency column.
 A method and budget that ran with several seeds (finetune.py --seeds) enters the targets and the plot as its mean
 over the seeds (accuracy, ratios and latencies). Rows timed in an earlier run (their IRs gone) are rescaled to the
-file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*").
+file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*"), if that
+run was on the same CPU (``timing_cpu``, or neither run recorded one); rows timed on another CPU keep their
+measurements only as ``<key>_other_cpu``, out of the plot and the latency targets (the table shows "other CPU").
 """
 
 import argparse
@@ -35,14 +37,22 @@ def _ok(rows):
 def rescale(rows: list[dict]) -> list[dict]:
     """Rows timed in another run than the file's dense row (finetune.py --resume after their IRs were gone), with
     each latency rescaled by the ratio of the dense IR's latencies of the two runs: the comparison is then between
-    speedups over the dense model, each measured in its own run. The measured value stays in ``<key>_measured``."""
+    speedups over the dense model, each measured in its own run. The measured value stays in ``<key>_measured``.
+
+    Only on the same CPU: a row timed on another CPU than the dense row (``timing_cpu`` differs, or only one of
+    them recorded it) has its latencies moved to ``<key>_other_cpu`` (the ratio of two speed-ups measured on CPUs
+    with different kernels, AMX or not, says nothing)."""
     dense = next((r for r in rows if r.get("method") == "dense"), None)
     out = []
     for r in rows:
         r = dict(r)
         for key, _ in LATENCIES:
             own, ref = r.get(f"dense_{key}"), dense.get(key) if dense else None
-            if r.get(key) is not None and own and ref and abs(own - ref) > 1e-12:
+            if r.get(key) is None or not own or not ref or abs(own - ref) <= 1e-12:
+                continue
+            if r.get("timing_cpu") != dense.get("timing_cpu"):
+                r[f"{key}_other_cpu"], r[key] = r[key], None
+            else:
                 r[f"{key}_measured"], r[key], r[f"dense_{key}"] = r[key], r[key] * ref / own, ref
         out.append(r)
     return out
@@ -89,6 +99,8 @@ def table(rows: list[dict]) -> str:
             value = r.get(key)
             suffix = "" if r.get(key.replace("latency_ms", "precision"), "default") == "default" else " (f32)"
             rescaled = "*" if r.get(f"{key}_measured") is not None else ""
+            if value is None and r.get(f"{key}_other_cpu") is not None:
+                return f"other CPU ({r[f'{key}_other_cpu']:.3f})"
             return "" if value is None else f"{value:.3f}{rescaled}{suffix}"
 
         seed = r.get("seed", None if r["method"] == "dense" else 0)  # rows made before --seeds ran at seed 0

@@ -48,3 +48,18 @@ def test_the_table_marks_rescaled_latencies_and_seeds_average_after_rescaling():
     assert "2.800*" in lines[4] and "3.000 |" in lines[3] and "*" not in lines[3]
     mean = next(r for r in aggregate(rows) if r["method"] == "filter_pruning")
     assert mean["seeds"] == 2 and mean["latency_ms_default"] == pytest.approx(2.8)
+
+
+def test_rows_timed_on_another_cpu_are_not_rescaled_nor_compared():
+    rows = _rows()
+    rows[0]["timing_cpu"] = rows[1]["timing_cpu"] = "Xeon | 2 cpus | avx512f+amx_tile"
+    rows[2]["timing_cpu"] = "Xeon | 2 cpus | avx512f"  # the earlier run: no AMX, its speed-ups are not ours
+    out = rescale(rows)
+    assert out[2]["latency_ms_default"] is None and out[2]["latency_ms_default_other_cpu"] == 3.5
+    assert "latency_ms_default_measured" not in out[2] and out[1]["latency_ms_default"] == 3.0
+    assert rescale(out)[2]["latency_ms_default_other_cpu"] == 3.5  # idempotent
+    assert "other CPU (3.500)" in table(rows).splitlines()[4]
+    found = {name for name, _, _ in targets(rows)}
+    assert "filter_pruning params:5 dominated (default precision)" not in found  # no comparable latency
+    rows[2]["timing_cpu"] = None  # an earlier run that did not record its CPU: not comparable either
+    assert rescale(rows)[2]["latency_ms_default"] is None
