@@ -35,6 +35,12 @@ its grid, interpolated per rank); pruning then matches the FLOPs ratio of the se
 A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``), for every
 method; pruning then matches the FLOPs ratio of the search row, as at any budget.
 
+``--lr`` sets the fine-tuning learning rate of every row of a run (SGD, cosine decay; default 0.01, the rate of every
+row made before rows recorded ``lr``); rows of several rates are kept apart (their IRs get a ``_lr<rate>`` suffix).
+``--val-size N`` adds ``val_accuracy``, on the last N training images, which the fine-tuning never sees (the base
+model was trained on them, so it favours staying close to the base model): the report chooses a learning rate per
+method and budget on it, never on the test accuracy.
+
 pruning+search_aa is decomposition on top of channel pruning: its budget ``flops:R+<metric>:R2`` prunes to R times
 fewer FLOPs (filter_pruning, gradually over epochs - 2 epochs, then one epoch at the final shapes), makes the pruned
 model physically smaller in torch (benchmarks/pruning.py, materialize_pruned_model), then decomposes it under
@@ -69,8 +75,10 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     DEFAULT_EPOCHS,
     DEFAULT_WIDTHS,
     evaluate,
+    FashionMNISTDataset,
     fashion_mnist_loaders,
     get_trained_resnet_fmnist,
+    load_fashion_mnist,
 )
 from benchmarks.pruning import export_pruned_ir, ir_cost, materialize_pruned_model, pruning_block  # noqa: E402
 from fashion_mnist_rank_learning import finetune  # noqa: E402
@@ -78,9 +86,11 @@ from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 from nncf_tdplugin.latency_model.specs import cpu_identity  # noqa: E402
 
-COLUMNS = ["method", "budget", "seed", "flops_ratio", "params_ratio", "test_accuracy", "baseline_accuracy", "epochs",
+COLUMNS = ["method", "budget", "seed", "lr", "flops_ratio", "params_ratio", "test_accuracy", "val_accuracy",
+           "baseline_accuracy", "epochs",
            "latency_ms_default", "latency_ms_int8", "precision_default", "precision_int8", "achieved_ratio", "seconds"]
 INPUT = [1, 1, 28, 28]
+DEFAULT_LR = 0.01  # the fine-tuning learning rate of every row made before --lr was recorded
 LATENCY_KEYS = ("latency_ms_default", "latency_ms_int8")
 
 
@@ -138,7 +148,7 @@ def quantize_ir(xml: pathlib.Path, calibration: list, out: pathlib.Path) -> path
 
 
 def run_method(name, budget, base_model, loaders, args, out_dir, calibration, baseline, flops_for_pruning=None,
-               seed=0):
+               seed=0, val_loader=None):
     train_loader, test_loader = loaders
     metric, ratio, additional = budget
     torch.manual_seed(seed)  # the data order, augmentation and any random init of this row, whatever ran before it
@@ -170,7 +180,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
             block["decomposition"] = {"activation_aware": True}
     ctrl, compressed = compress_and_finetune(model, block, loaders, args, epochs)
     accuracy = evaluate(compressed, test_loader, progress=False)
-    tag = row_tag(name, budget_label(budget), seed)
+    val_accuracy = evaluate(compressed, val_loader, progress=False) if val_loader is not None else None
+    tag = row_tag(name, budget_label(budget), seed, args.lr)
     example = torch.randn(*INPUT)
     if name == "filter_pruning":
         xml = export_pruned_ir(ctrl, example, out_dir / f"{tag}.xml")
@@ -181,9 +192,9 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         achieved = td.statistics().tensor_decomposition.achieved_ratio if td is not None else None
     int8 = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml")
     cost = ir_cost(xml, INPUT)
-    return {"method": name, "budget": budget_label(budget), "seed": seed,
+    return {"method": name, "budget": budget_label(budget), "seed": seed, "lr": args.lr,
             "flops_ratio": baseline["macs"] / cost["macs"], "params_ratio": baseline["weights"] / cost["weights"],
-            "test_accuracy": accuracy,
+            "test_accuracy": accuracy, "val_accuracy": val_accuracy,
             "baseline_accuracy": baseline["accuracy"], "epochs": args.epochs, "achieved_ratio": achieved,
             "seconds": time.perf_counter() - start, "ir": str(xml), "ir_int8": str(int8)}
 
@@ -204,13 +215,15 @@ def compress_and_finetune(model, block, loaders, args, epochs):
     return ctrl, compressed
 
 
-def row_tag(method: str, budget: str, seed: int) -> str:
-    """File stem of a row's IRs (seed 0 keeps the names of the runs made before --seeds existed)."""
+def row_tag(method: str, budget: str, seed: int, lr: float = DEFAULT_LR) -> str:
+    """File stem of a row's IRs (seed 0 and the default learning rate keep the names of the runs made before --seeds
+    and --lr were recorded)."""
     if method == "dense":
         return "dense"
+    suffix = (f"_s{seed}" if seed else "") + (f"_lr{lr:g}" if lr != DEFAULT_LR else "")
     if method == "dense+finetune":
-        return "dense_finetune" + (f"_s{seed}" if seed else "")
-    return f"{method.replace('+', '_')}_{budget.replace(':', '').replace('+', '_')}" + (f"_s{seed}" if seed else "")
+        return "dense_finetune" + suffix
+    return f"{method.replace('+', '_')}_{budget.replace(':', '').replace('+', '_')}" + suffix
 
 
 def main(argv=None) -> int:
@@ -233,7 +246,12 @@ def main(argv=None) -> int:
                              "is ResNet-18's; a network not in the cache is trained first)")
     parser.add_argument("--base-epochs", type=int, default=DEFAULT_EPOCHS,
                         help="training epochs of the cached network (part of its cache name; default %(default)s)")
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR,
+                        help="fine-tuning learning rate of every row of this run (recorded in the rows: rows of "
+                             "several learning rates are kept apart, and --resume keeps each)")
+    parser.add_argument("--val-size", type=int, default=0,
+                        help="also report val_accuracy on the last N training images (not in --train-subset; the "
+                             "base model saw them, the fine-tuning did not): the split to choose a learning rate on")
     parser.add_argument("--train-subset", type=int)
     parser.add_argument("--test-subset", type=int)
     parser.add_argument("--kd", action="store_true",
@@ -279,6 +297,15 @@ def main(argv=None) -> int:
         parser.error(f"--widths must be 4 comma-separated integers, got {args.widths!r}")
     base, _ = get_trained_resnet_fmnist(widths, args.base_epochs)
     train_loader, test_loader = fashion_mnist_loaders(128, train_subset=args.train_subset)
+    val_loader = None
+    if args.val_size:
+        total = len(load_fashion_mnist("train")[1])
+        if args.val_size < 0 or (args.train_subset or total) + args.val_size > total:
+            parser.error(f"--val-size {args.val_size} must be positive and leave the --train-subset "
+                         f"{args.train_subset or total} images apart (the training set has {total})")
+        x, y = load_fashion_mnist("train")
+        val_loader = torch.utils.data.DataLoader(
+            FashionMNISTDataset(x[total - args.val_size:], y[total - args.val_size:], False), batch_size=512)
     if args.test_subset:
         test_loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(test_loader.dataset, range(args.test_subset)), batch_size=512)
@@ -290,13 +317,14 @@ def main(argv=None) -> int:
             if "error" in r:
                 continue
             r.setdefault("seed", None if r["method"] == "dense" else 0)
-            tag = row_tag(r["method"], r["budget"], r["seed"] or 0)
+            r.setdefault("lr", None if r["method"] == "dense" else DEFAULT_LR)
+            tag = row_tag(r["method"], r["budget"], r["seed"] or 0, r["lr"] or DEFAULT_LR)
             r.setdefault("ir", str(out_dir / f"{tag}.xml"))
             r.setdefault("ir_int8", str(out_dir / f"{tag}_int8.xml"))
-            prior[(r["method"], r["budget"], r["seed"] or 0)] = r
+            prior[(r["method"], r["budget"], r["seed"] or 0, r["lr"] or DEFAULT_LR)] = r
         # the earlier run's dense latencies go with its rows: a row whose IRs are gone (another machine, a fresh
         # checkout) keeps its timing, and the report compares it with this run's rows as a speedup over its own dense
-        prior_dense = prior.get(("dense", "-", 0), {})
+        prior_dense = prior.get(("dense", "-", 0, DEFAULT_LR), {})
         for r in prior.values():
             for key in LATENCY_KEYS:
                 r.setdefault(f"dense_{key}", prior_dense.get(key))
@@ -307,6 +335,7 @@ def main(argv=None) -> int:
     baseline = {"accuracy": evaluate(base, test_loader, progress=False), **ir_cost(dense_xml, INPUT)}
     rows = [{"method": "dense", "budget": "-", "seed": None, "flops_ratio": 1.0, "params_ratio": 1.0,
              "test_accuracy": baseline["accuracy"], "baseline_accuracy": baseline["accuracy"], "epochs": 0,
+             "val_accuracy": evaluate(base, val_loader, progress=False) if val_loader is not None else None,
              "ir": str(dense_xml), "ir_int8": str(quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml"))}]
     def save_partial(rows):  # rows so far (untimed), so that a long run cut short can go on with --resume
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -314,13 +343,13 @@ def main(argv=None) -> int:
 
     for seed in seeds if "dense+finetune" in methods else ():
         where = "dense+finetune" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
-        if ("dense+finetune", "-", seed) in prior:
-            rows.append(prior[("dense+finetune", "-", seed)])
+        if ("dense+finetune", "-", seed, args.lr) in prior:
+            rows.append(prior[("dense+finetune", "-", seed, args.lr)])
             print(f"== {where}: kept from {args.resume}")
             continue
         print(f"== {where}", flush=True)
         row = run_method("dense+finetune", ("-", None, ()), base, (train_loader, test_loader), args, out_dir,
-                         calibration, baseline, seed=seed)
+                         calibration, baseline, seed=seed, val_loader=val_loader)
         rows.append(row)
         save_partial(rows)
         print(f"   accuracy {row['test_accuracy']:.4f}, {row['seconds']:.0f} s", flush=True)
@@ -329,7 +358,7 @@ def main(argv=None) -> int:
         flops_target = dict([budget[:2], *budget[2]]).get("flops")
         # the data-free search is deterministic: its FLOPs ratio is the same for every seed (an earlier run's search
         # row sets the ratio that pruning matches when this run does not run the search)
-        search_flops = next((r["flops_ratio"] for (m, b, _), r in prior.items()
+        search_flops = next((r["flops_ratio"] for (m, b, _, _), r in prior.items()
                              if m == "search+finetune" and b == label), None)
         for seed, name in [(seed, name) for seed in seeds for name in methods]:
             if name == "dense+finetune":  # no budget: run once per seed, before the budgets (below)
@@ -340,8 +369,8 @@ def main(argv=None) -> int:
                     print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
                     continue
             where = f"{name} at {label}" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
-            if (name, label, seed) in prior:
-                row = prior[(name, label, seed)]
+            if (name, label, seed, args.lr) in prior:
+                row = prior[(name, label, seed, args.lr)]
                 rows.append(row)
                 search_flops = row["flops_ratio"] if name == "search+finetune" else search_flops
                 print(f"== {where}: kept from {args.resume}")
@@ -349,12 +378,13 @@ def main(argv=None) -> int:
             print(f"== {where}", flush=True)
             try:
                 row = run_method(name, budget, base, (train_loader, test_loader), args, out_dir, calibration,
-                                 baseline, flops_for_pruning=search_flops or flops_target, seed=seed)
+                                 baseline, flops_for_pruning=search_flops or flops_target, seed=seed,
+                                 val_loader=val_loader)
             except Exception as e:  # noqa: BLE001 - a failing method must not lose the other rows
                 print(f"   failed: {type(e).__name__}: {e}", flush=True)
                 if args.verbose:
                     traceback.print_exc()
-                rows.append({"method": name, "budget": label, "seed": seed, "error": str(e)})
+                rows.append({"method": name, "budget": label, "seed": seed, "lr": args.lr, "error": str(e)})
                 continue
             if name == "search+finetune":
                 search_flops = row["flops_ratio"]
@@ -362,10 +392,10 @@ def main(argv=None) -> int:
             save_partial(rows)
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
-    ran = {(r["method"], r["budget"], r.get("seed") or 0) for r in rows}
+    ran = {(r["method"], r["budget"], r.get("seed") or 0, r.get("lr") or DEFAULT_LR) for r in rows}
     for key, row in prior.items():  # rows of the earlier run that this one did not cover
         if key not in ran:
-            print(f"== {key[0]} at {key[1]}, seed {key[2]}: kept from {args.resume}")
+            print(f"== {key[0]} at {key[1]}, seed {key[2]}, lr {key[3]:g}: kept from {args.resume}")
             rows.append(row)
     timed = [r for r in rows if "ir" in r and all(pathlib.Path(r[k]).exists() for k in ("ir", "ir_int8"))] \
         if not args.no_timing else []

@@ -15,12 +15,19 @@ over the seeds (accuracy, ratios and latencies). Rows timed in an earlier run (t
 file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*"), if that
 run was on the same CPU (``timing_cpu``, or neither run recorded one); rows timed on another CPU keep their
 measurements only as ``<key>_other_cpu``, out of the plot and the latency targets (the table shows "other CPU").
+
+Rows of several fine-tuning learning rates (finetune.py --lr; rows without ``lr`` ran at 0.01) are kept apart. The
+targets and the plot take, per method and budget, one learning rate, chosen without the test set: the one with the
+highest mean ``val_accuracy`` (finetune.py --val-size: held-out training images) if every learning rate of that
+method and budget has one, else 0.01 (``select_lr``).
 """
 
 import argparse
 import json
 import pathlib
 import sys
+
+DEFAULT_LR = 0.01  # rows made before finetune.py recorded --lr
 
 OURS = ("search+finetune", "search_aa+finetune", "rank_learning", "rank_learning_fisher", "pruning+search_aa")
 LATENCIES = (("latency_ms_default", "default precision"), ("latency_ms_int8", "INT8"))
@@ -58,15 +65,19 @@ def rescale(rows: list[dict]) -> list[dict]:
     return out
 
 
-MEAN_KEYS = ("test_accuracy", "flops_ratio", "params_ratio", "latency_ms_default", "latency_ms_int8")
+MEAN_KEYS = ("test_accuracy", "val_accuracy", "flops_ratio", "params_ratio", "latency_ms_default", "latency_ms_int8")
+
+
+def _lr(r: dict) -> float:
+    return r.get("lr") or DEFAULT_LR
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """One row per (method, budget): the row itself, or the mean over its seeds (with "seeds" and the accuracy
-    range)."""
+    """One row per (method, budget, learning rate): the row itself, or the mean over its seeds (with "seeds" and the
+    accuracy range)."""
     groups = {}
     for r in _ok(rescale(rows)):
-        groups.setdefault((r["method"], r["budget"]), []).append(r)
+        groups.setdefault((r["method"], r["budget"], _lr(r)), []).append(r)
     out = []
     for group in groups.values():
         if len(group) == 1:
@@ -81,17 +92,35 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def select_lr(rows: list[dict]) -> list[dict]:
+    """Aggregated rows with one learning rate per (method, budget): the highest mean val_accuracy if every learning
+    rate of the pair has one, else the default 0.01 (never chosen on the test accuracy)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.extend(group)
+        elif all(r.get("val_accuracy") is not None for r in group):
+            out.append(max(group, key=lambda r: r["val_accuracy"]))
+        else:
+            out.extend(r for r in group if _lr(r) == DEFAULT_LR)
+    return out
+
+
 def _name(r: dict) -> str:
-    return f"{r['method']}" + (f" (mean of {r['seeds']} seeds)" if r.get("seeds") else "")
+    return (f"{r['method']}" + (f" lr {_lr(r):g}" if _lr(r) != DEFAULT_LR else "")
+            + (f" (mean of {r['seeds']} seeds)" if r.get("seeds") else ""))
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| method | budget | seed | FLOPs ratio | params ratio | test accuracy | vs dense | epochs | "
-           "latency default ms | latency INT8 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| method | budget | seed | lr | FLOPs ratio | params ratio | test accuracy | val accuracy | vs dense | "
+           "epochs | latency default ms | latency INT8 ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rescale(rows):
         if "error" in r:
-            out.append(f"| {r['method']} | {r['budget']} | {r.get('seed', '')} | failed: {r['error'][:80]} "
-                       "| | | | | | |")
+            out.append(f"| {r['method']} | {r['budget']} | {r.get('seed', '')} | {_lr(r):g} | failed: "
+                       f"{r['error'][:80]} | | | | | | | |")
             continue
         delta = 100 * (r["test_accuracy"] - r["baseline_accuracy"])
 
@@ -105,15 +134,18 @@ def table(rows: list[dict]) -> str:
 
         seed = r.get("seed", None if r["method"] == "dense" else 0)  # rows made before --seeds ran at seed 0
         seed = f"mean of {r['seeds']}" if r.get("seeds") else ("" if seed is None else seed)
-        out.append(f"| {r['method']} | {r['budget']} | {seed} | {r['flops_ratio']:.2f} | {r['params_ratio']:.2f} | "
-                   f"{100 * r['test_accuracy']:.2f}% | {delta:+.2f} | {r['epochs']} | "
+        lr = "" if r["method"] == "dense" else f"{_lr(r):g}"
+        val = "" if r.get("val_accuracy") is None else f"{100 * r['val_accuracy']:.2f}%"
+        out.append(f"| {r['method']} | {r['budget']} | {seed} | {lr} | {r['flops_ratio']:.2f} | "
+                   f"{r['params_ratio']:.2f} | {100 * r['test_accuracy']:.2f}% | {val} | {delta:+.2f} | {r['epochs']} | "
                    f"{ms('latency_ms_default')} | {ms('latency_ms_int8')} |")
     return "\n".join(out)
 
 
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
-    """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged)."""
-    rows = aggregate(rows)
+    """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged, one learning rate per
+    method and budget: ``select_lr``)."""
+    rows = select_lr(aggregate(rows))
     results = []
     budgets = sorted({r["budget"] for r in rows if r["method"] != "dense"})
     for budget in budgets:
@@ -145,7 +177,7 @@ def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
                           and o["test_accuracy"] > p["test_accuracy"]]
             best = max(dominating, key=lambda o: o["test_accuracy"], default=None)
             evidence = (f"pruning {p['budget']} {100 * p['test_accuracy']:.2f}% at {p[key]:.3f} ms; " +
-                        (f"{best['method']} {best['budget']} {100 * best['test_accuracy']:.2f}% at {best[key]:.3f} ms"
+                        (f"{_name(best)} {best['budget']} {100 * best['test_accuracy']:.2f}% at {best[key]:.3f} ms"
                          if best else "no point of ours is both as fast and more accurate"))
             results.append((f"filter_pruning {p['budget']} dominated ({label})", best is not None, evidence))
     return results
@@ -157,7 +189,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = aggregate(rows)
+    rows = select_lr(aggregate(rows))
     fig, axes = plt.subplots(1, len(LATENCIES), figsize=(6 * len(LATENCIES), 4.5))
     for ax, (key, label) in zip(axes, LATENCIES):
         seen = set()

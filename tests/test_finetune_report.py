@@ -3,7 +3,7 @@ speedups over the dense IR of their own run, and the pruning-domination target u
 
 import pytest
 
-from benchmarks.finetune_report import aggregate, rescale, table, targets
+from benchmarks.finetune_report import aggregate, rescale, select_lr, table, targets
 
 
 def _row(method, budget, acc, ms, dense_ms, seed=0):
@@ -63,3 +63,27 @@ def test_rows_timed_on_another_cpu_are_not_rescaled_nor_compared():
     assert "filter_pruning params:5 dominated (default precision)" not in found  # no comparable latency
     rows[2]["timing_cpu"] = None  # an earlier run that did not record its CPU: not comparable either
     assert rescale(rows)[2]["latency_ms_default"] is None
+
+
+def _lr_rows(val_at_default):
+    """Ours at lr 0.01 (no val row in the old results, or one) and at lr 0.003: the test accuracy favours 0.003,
+    the validation accuracy 0.01."""
+    rows = _rows()
+    default = dict(rows[1], test_accuracy=0.920)  # rows without "lr" ran at 0.01
+    if val_at_default:
+        default["val_accuracy"] = 0.950
+    other = dict(rows[1], lr=0.003, test_accuracy=0.930, val_accuracy=0.940)
+    return [rows[0], default, other, rows[2]]
+
+
+def test_learning_rates_stay_apart_and_are_chosen_on_validation_not_test():
+    groups = aggregate(_lr_rows(True))
+    assert sorted(r.get("lr", 0.01) for r in groups if r["method"] == "search+finetune") == [0.003, 0.01]
+    chosen = [r for r in select_lr(groups) if r["method"] == "search+finetune"]
+    assert len(chosen) == 1 and chosen[0]["test_accuracy"] == 0.920  # best val (0.01), not best test (0.003)
+    found = {name: met for name, met, _ in targets(_lr_rows(True))}
+    assert found["params:5: ours ahead of filter_pruning"] is False  # 92.0% (lr 0.01) vs 92.4%
+    # without a val accuracy at every learning rate nothing is chosen: the default learning rate stands
+    chosen = [r for r in select_lr(aggregate(_lr_rows(False))) if r["method"] == "search+finetune"]
+    assert len(chosen) == 1 and chosen[0]["test_accuracy"] == 0.920
+    assert "| 0.003 |" in table(_lr_rows(True)) and "94.00%" in table(_lr_rows(True))
