@@ -151,7 +151,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
                seed=0, val_loader=None):
     train_loader, test_loader = loaders
     metric, ratio, additional = budget
-    torch.manual_seed(seed)  # the data order, augmentation and any random init of this row, whatever ran before it
+    torch.manual_seed(seed)  # the data order and any random init of this row, whatever ran before it
+    np.random.seed(seed)  # the augmentation (NumPy's global generator; before 2026-12-03 it ran on from the rows before)
     model = copy.deepcopy(base_model)
     start = time.perf_counter()
     epochs = args.epochs
