@@ -2,7 +2,8 @@
 (1) data-free search + fine-tune, (2) budget-aware rank learning during fine-tuning, (3) uniform ranks + fine-tune and
 (4) NNCF's filter_pruning at the same FLOPs reduction (and rank_learning_fisher: (2) with the data-driven channel
 importance, ``rank_learning.importance: "fisher"``; search_aa+finetune: (1) with ``decomposition.activation_aware``,
-ranks and factors fitted to the layers' outputs on NNCF's init data, the training images; and the control
+ranks and factors fitted to the layers' outputs on NNCF's init data, the training images; rank_learning_aa: (2) from
+an activation-aware initial decomposition, the same option; and the control
 dense+finetune: the uncompressed model through the same fine-tuning, once per seed, budget "-"), all with the same
 number of fine-tuning epochs, starting from
 the cached trained ResNet-18-style classifier (benchmarks/data_models/fashion_mnist.py, 4 epochs, 92.88% test
@@ -124,7 +125,7 @@ def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: 
                             else {"precision": "default", "threads": latency_threads})
     if method == "uniform":
         block["rank_selection"] = "uniform"
-    elif method in ("rank_learning", "rank_learning_fisher"):
+    elif method in ("rank_learning", "rank_learning_fisher"):  # (rank_learning_aa: rank_learning, activation-aware)
         # the ranks shrink over all but the last epoch, which fine-tunes at the final ranks
         # (initial_ratio: the default, sqrt of the target, raised by the builder if the target is out of reach)
         block["rank_learning"] = {"num_epochs": max(1, epochs - 1),
@@ -173,10 +174,11 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     else:
         method = {"search+finetune": "search", "search_aa+finetune": "search", "pruning+search_aa": "search",
                   "rank_learning": "rank_learning", "rank_learning_fisher": "rank_learning_fisher",
+                  "rank_learning_aa": "rank_learning",
                   "uniform+finetune": "uniform"}[name]
         block = td_block(metric, ratio, method, epochs, args.update_every, len(train_loader),
                          args.latency_threads, additional)
-        if name in ("search_aa+finetune", "pruning+search_aa"):
+        if name in ("search_aa+finetune", "pruning+search_aa", "rank_learning_aa"):
             # activation-aware: ranks and factors for the outputs on training images
             block["decomposition"] = {"activation_aware": True}
     ctrl, compressed = compress_and_finetune(model, block, loaders, args, epochs)
@@ -237,6 +239,7 @@ def main(argv=None) -> int:
                              "adds budget.additional (params or flops) to a budget (default %(default)s)")
     parser.add_argument("--methods", default="search+finetune,rank_learning,uniform+finetune,filter_pruning",
                         help="of search+finetune, search_aa+finetune, rank_learning, rank_learning_fisher, "
+                             "rank_learning_aa, "
                              "uniform+finetune, filter_pruning, pruning+search_aa, dense+finetune")
     parser.add_argument("--seeds", default="0",
                         help="comma-separated seeds of the fine-tuning runs (data order, augmentation): each method "

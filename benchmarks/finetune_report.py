@@ -3,7 +3,8 @@ accuracy-vs-latency plot (one panel per latency column).
 
     python benchmarks/finetune_report.py benchmarks/results/finetune.json --plot docs/finetune_accuracy_latency.png
 
-Targets (issue 4), with "ours" = search+finetune (plain or activation-aware), rank_learning (either importance) and
+Targets (issue 4), with "ours" = search+finetune (plain or activation-aware), rank_learning (either importance, or
+from an activation-aware decomposition) and
 pruning+search_aa (the activation-aware search on top of NNCF's filter pruning):
 - flops ~3x: the best of ours within 0.3 points of the dense model;
 - params ~5x: the best of ours within 1 point;
@@ -29,10 +30,11 @@ import sys
 
 DEFAULT_LR = 0.01  # rows made before finetune.py recorded --lr
 
-OURS = ("search+finetune", "search_aa+finetune", "rank_learning", "rank_learning_fisher", "pruning+search_aa")
+OURS = ("search+finetune", "search_aa+finetune", "rank_learning", "rank_learning_fisher", "rank_learning_aa",
+        "pruning+search_aa")
 LATENCIES = (("latency_ms_default", "default precision"), ("latency_ms_int8", "INT8"))
 MARKERS = {"dense": ("k", "*"), "search+finetune": ("tab:blue", "o"), "rank_learning": ("tab:green", "s"),
-           "rank_learning_fisher": ("tab:olive", "D"), "dense+finetune": ("grey", "P"),
+           "rank_learning_fisher": ("tab:olive", "D"), "rank_learning_aa": ("tab:brown", "p"), "dense+finetune": ("grey", "P"),
            "search_aa+finetune": ("tab:cyan", "h"), "pruning+search_aa": ("tab:purple", "X"),
            "uniform+finetune": ("tab:orange", "^"), "filter_pruning": ("tab:red", "v")}
 
