@@ -168,7 +168,9 @@ TD_SCHEMA: dict[str, Any] = {
                                 "this machine's ResNet-50 runs the measured end-to-end speedup met or exceeded "
                                 "the target at every precision). 'whole_model': the dense model is also timed end "
                                 "to end and the per-layer measurements only supply the savings (accurate at the "
-                                "default precision, optimistic at f32 and INT8 here; see docs/latency.md)."},
+                                "default precision, optimistic at f32 and INT8 here; see docs/latency.md); "
+                                "falls back to 'layers', with a warning, if the layers alone measure longer than "
+                                "the whole model."},
                 "verify_rounds": {"type": "integer", "minimum": 0, "default": 3,
                                   "description": "Rounds of: select ranks, measure the chosen factorizations "
                                   "exactly, select again with the measurements, until nothing new is measured."},

@@ -10,7 +10,9 @@ selection problem, and the measure-select loop that makes the final decisions re
    layers) are measured dense and form the fixed cost (``calibration: "layers"``, the default). With
    ``calibration: "whole_model"`` the whole dense model is converted to OpenVINO and timed instead (INT8 mode:
    after NNCF's post-training quantization on random inputs, for INT8 kernels), and the fixed cost is its latency
-   minus the candidates' per-layer dense costs: per-layer measurements then only supply the savings.
+   minus the candidates' per-layer dense costs: per-layer measurements then only supply the savings. If the
+   candidates' dense costs add up to more than the whole model (measured under load), the fixed cost would be
+   negative: the layer calibration is used instead, with a warning and ``calibration_fallback`` in the plan.
 5. :func:`select_with_measurements`: select, measure the chosen factorizations exactly, select again (the measured
    values now replace the interpolation), until nothing new is measured. If the measured plan is still over the
    budget, select once more among measured options only (grid points and earlier choices), which meets it whenever
@@ -91,15 +93,26 @@ def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constra
     for c in candidates:
         c.extra_costs["latency"] = (lambda choice, name=c.name: model.cost(name, choice.method, choice.ranks))
     fixed_cost = sum(model.dense(n) for n in others)
-    model.whole_model_ms = None
+    model.whole_model_ms, model.calibration_fallback = None, None
     if (settings.calibration == "whole_model" and cfg.budget_scope == "model" and net is not None
             and input_shape is not None):
         model.whole_model_ms = whole_model_latency(net, input_shape, model, layers)
         # the model's latency minus what the candidates cost as measured layer by layer: everything else
         # (other layers, pooling, adds, the call), and the per-layer model's bias on the candidates' absolute
-        # times; savings (dense - factorized) stay per layer. May be negative when isolated layers run slower
-        # than inside the network.
-        fixed_cost = model.whole_model_ms - sum(model.dense(c.name) for c in candidates)
+        # times; savings (dense - factorized) stay per layer
+        candidates_ms = sum(model.dense(c.name) for c in candidates)
+        if model.whole_model_ms > candidates_ms:
+            fixed_cost = model.whole_model_ms - candidates_ms
+        else:
+            # the candidates alone, one by one, took longer than the whole model (a CPU loaded while the layers
+            # were measured, seen here): the fixed cost would be negative and a plan's total could fall to zero or
+            # below, a meaningless ratio reported as met; calibrate on the layers instead and say so
+            model.calibration_fallback = (
+                f"whole-model calibration not used: the dense model ran in {model.whole_model_ms:.4f} ms end to "
+                f"end but its {len(candidates)} candidate layers alone measured {candidates_ms:.4f} ms one by one "
+                f"(was the CPU busy while measuring?); the budget uses the per-layer measurements "
+                f"(calibration: \"layers\")")
+            nncf_logger.warning(f"{ALGO_NAME}: {model.calibration_fallback}")
     model.rank_multiple = constraints.rank_multiple
     model.fixed_layers = others
     return model, constraints, fixed_cost
@@ -204,6 +217,7 @@ def latency_summary(model: LatencyCostModel, problem: SelectionProblem, choices:
         "rank_multiple": model.rank_multiple, "rank_multiple_scores": model.rank_multiple_scores, "cpu": ctx.cpu, "openvino": ctx.openvino,
         "cache_file": str(model.cache.path), "measured_now": model.measured_now,
         "whole_model_ms": getattr(model, "whole_model_ms", None),
+        "calibration_fallback": getattr(model, "calibration_fallback", None),
         "fixed_ms": problem.fixed_cost, "dense_ms": dense_total, "ms": total, "achieved_ratio": achieved,
         "budget_met": bool(met),
     }
