@@ -263,17 +263,26 @@ def test_latency_budget_is_met_and_holds_end_to_end(tmp_path):
     assert speedup >= min(target * 0.8, target - slack), (speedup, slack, lat)
 
 
-def test_whole_model_calibration_times_the_dense_model(tmp_path):
+WHOLE_MODEL_TARGET = 1.35  # the whole model's ratio: the stem, the classifier and the call overhead stay (a margin)
+
+
+def _whole_model_plan(tmp_path) -> dict:
+    """The latency part of the plan of ConvStack under latency:1.35 with ``calibration: "whole_model"``."""
     import nncf
     from nncf.torch import create_compressed_model
 
-    target = 1.35  # the whole model's ratio: the stem, the classifier and the call overhead stay (a margin for load)
-    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": target},
+    block = {"algorithm": "tensor_decomposition",
+             "budget": {"metric": "latency", "target_ratio": WHOLE_MODEL_TARGET},
              "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
                          "iterations": 5, "repeats": 1, "calibration": "whole_model"}}
     config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
     ctrl, _ = create_compressed_model(ConvStack(), config)
-    lat = ctrl.plan["latency"]
+    return ctrl.plan["latency"]
+
+
+def test_whole_model_calibration_times_the_dense_model(tmp_path):
+    target = WHOLE_MODEL_TARGET
+    lat = _whole_model_plan(tmp_path)
     assert lat["whole_model_ms"] > 0 and lat["budget_met"] and lat["achieved_ratio"] >= target - 1e-9
     if lat["calibration_fallback"] is None:
         # the budget is a ratio of whole-model latencies: the dense total is the end-to-end time of the dense model
@@ -285,19 +294,11 @@ def test_whole_model_calibration_times_the_dense_model(tmp_path):
 def test_whole_model_calibration_falls_back_to_the_layers_when_the_layers_alone_take_longer(tmp_path, monkeypatch):
     """A whole-model time below the candidates' per-layer sum (a CPU loaded while the layers were measured) made the
     fixed cost negative and a plan's total negative: a ratio of -0.30x reported as met (seen in CI under load)."""
-    import nncf
-    from nncf.torch import create_compressed_model
-
     from nncf_tdplugin.nncf_integration import latency_budget
 
     monkeypatch.setattr(latency_budget, "whole_model_latency", lambda *args, **kwargs: 1e-4)
-    target = 1.35
-    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": target},
-             "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
-                         "iterations": 5, "repeats": 1, "calibration": "whole_model"}}
-    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
-    ctrl, _ = create_compressed_model(ConvStack(), config)
-    lat = ctrl.plan["latency"]
+    target = WHOLE_MODEL_TARGET
+    lat = _whole_model_plan(tmp_path)
     assert lat["whole_model_ms"] == 1e-4 and "0.0001 ms end to end" in lat["calibration_fallback"]
     assert lat["fixed_ms"] >= 0 and lat["ms"] > 0 and lat["dense_ms"] > lat["ms"]
     assert lat["budget_met"] and lat["achieved_ratio"] >= target - 1e-9
