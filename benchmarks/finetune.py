@@ -71,7 +71,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "samples"))
 from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
-from benchmarks.finetune_report import aggregate  # noqa: E402
+from benchmarks.finetune_report import DEFAULT_LR, aggregate  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     DEFAULT_EPOCHS,
     DEFAULT_WIDTHS,
@@ -91,7 +91,6 @@ COLUMNS = ["method", "budget", "seed", "lr", "flops_ratio", "params_ratio", "tes
            "baseline_accuracy", "epochs",
            "latency_ms_default", "latency_ms_int8", "precision_default", "precision_int8", "achieved_ratio", "seconds"]
 INPUT = [1, 1, 28, 28]
-DEFAULT_LR = 0.01  # the fine-tuning learning rate of every row made before --lr was recorded
 LATENCY_KEYS = ("latency_ms_default", "latency_ms_int8")
 
 
@@ -218,6 +217,11 @@ def compress_and_finetune(model, block, loaders, args, epochs):
     return ctrl, compressed
 
 
+def row_key(r: dict) -> tuple:
+    """(method, budget, seed, lr) of a row; rows made before --seeds and --lr were recorded ran at seed 0, lr 0.01."""
+    return r["method"], r["budget"], r.get("seed") or 0, r.get("lr") or DEFAULT_LR
+
+
 def row_tag(method: str, budget: str, seed: int, lr: float = DEFAULT_LR) -> str:
     """File stem of a row's IRs (seed 0 and the default learning rate keep the names of the runs made before --seeds
     and --lr were recorded)."""
@@ -303,11 +307,11 @@ def main(argv=None) -> int:
     train_loader, test_loader = fashion_mnist_loaders(128, train_subset=args.train_subset)
     val_loader = None
     if args.val_size:
-        total = len(load_fashion_mnist("train")[1])
+        x, y = load_fashion_mnist("train")
+        total = len(y)
         if args.val_size < 0 or (args.train_subset or total) + args.val_size > total:
             parser.error(f"--val-size {args.val_size} must be positive and leave the --train-subset "
                          f"{args.train_subset or total} images apart (the training set has {total})")
-        x, y = load_fashion_mnist("train")
         val_loader = torch.utils.data.DataLoader(
             FashionMNISTDataset(x[total - args.val_size:], y[total - args.val_size:], False), batch_size=512)
     if args.test_subset:
@@ -322,10 +326,10 @@ def main(argv=None) -> int:
                 continue
             r.setdefault("seed", None if r["method"] == "dense" else 0)
             r.setdefault("lr", None if r["method"] == "dense" else DEFAULT_LR)
-            tag = row_tag(r["method"], r["budget"], r["seed"] or 0, r["lr"] or DEFAULT_LR)
+            tag = row_tag(*row_key(r))
             r.setdefault("ir", str(out_dir / f"{tag}.xml"))
             r.setdefault("ir_int8", str(out_dir / f"{tag}_int8.xml"))
-            prior[(r["method"], r["budget"], r["seed"] or 0, r["lr"] or DEFAULT_LR)] = r
+            prior[row_key(r)] = r
         # the earlier run's dense latencies go with its rows: a row whose IRs are gone (another machine, a fresh
         # checkout) keeps its timing, and the report compares it with this run's rows as a speedup over its own dense
         prior_dense = prior.get(("dense", "-", 0, DEFAULT_LR), {})
@@ -396,7 +400,7 @@ def main(argv=None) -> int:
             save_partial(rows)
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
-    ran = {(r["method"], r["budget"], r.get("seed") or 0, r.get("lr") or DEFAULT_LR) for r in rows}
+    ran = {row_key(r) for r in rows}
     for key, row in prior.items():  # rows of the earlier run that this one did not cover
         if key not in ran:
             print(f"== {key[0]} at {key[1]}, seed {key[2]}, lr {key[3]:g}: kept from {args.resume}")
