@@ -40,7 +40,10 @@ method; pruning then matches the FLOPs ratio of the search row, as at any budget
 row made before rows recorded ``lr``); rows of several rates are kept apart (their IRs get a ``_lr<rate>`` suffix).
 ``--val-size N`` adds ``val_accuracy``, on the last N training images, which the fine-tuning never sees (the base
 model was trained on them, so it favours staying close to the base model): the report chooses a learning rate per
-method and budget on it, never on the test accuracy.
+method and budget on it, never on the test accuracy. ``--td-options JSON`` merges keys into the tensor_decomposition
+block of every row of a run (e.g. ``'{"rank_learning": {"num_epochs": 1}}'``; only methods with that block): rows
+record it as ``options`` (canonical JSON) and are kept apart from the other settings like a learning rate (IRs get
+an ``_o<keys and values>`` suffix); the report chooses among settings on ``val_accuracy`` the same way.
 
 pruning+search_aa is decomposition on top of channel pruning: its budget ``flops:R+<metric>:R2`` prunes to R times
 fewer FLOPs (filter_pruning, gradually over epochs - 2 epochs, then one epoch at the final shapes), makes the pruned
@@ -87,10 +90,12 @@ from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 from nncf_tdplugin.latency_model.specs import cpu_identity  # noqa: E402
 
-COLUMNS = ["method", "budget", "seed", "lr", "flops_ratio", "params_ratio", "test_accuracy", "val_accuracy",
+COLUMNS = ["method", "budget", "seed", "lr", "options", "flops_ratio", "params_ratio", "test_accuracy", "val_accuracy",
            "baseline_accuracy", "epochs",
            "latency_ms_default", "latency_ms_int8", "precision_default", "precision_int8", "achieved_ratio", "seconds"]
 INPUT = [1, 1, 28, 28]
+TD_METHODS = ("search+finetune", "search_aa+finetune", "pruning+search_aa", "rank_learning", "rank_learning_fisher",
+              "rank_learning_aa", "uniform+finetune")
 LATENCY_KEYS = ("latency_ms_default", "latency_ms_int8")
 
 
@@ -110,6 +115,44 @@ def budget_label(budget: tuple) -> str:
     if metric == "-":  # dense+finetune: no budget
         return "-"
     return "+".join(f"{m}:{r:g}" for m, r in ((metric, ratio), *extra))
+
+
+def merge_options(block: dict, options: dict) -> dict:
+    """``block`` with ``options`` merged in (nested dicts key by key, anything else replaced)."""
+    out = dict(block)
+    for key, value in options.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_options(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_td_options(text: str) -> tuple[dict, str]:
+    """--td-options: (the dict, its canonical JSON; "" for none). Raises ValueError naming what is wrong."""
+    if not text:
+        return {}, ""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--td-options is not JSON ({e}): {text!r}") from None
+    if not isinstance(options, dict) or not options:
+        raise ValueError(f"--td-options must be a non-empty JSON object (keys of the tensor_decomposition block), "
+                         f"got {text!r}")
+    if "algorithm" in options or "budget" in options:
+        raise ValueError("--td-options may not set 'algorithm' or 'budget' (the budget is --budgets)")
+    return options, json.dumps(options, sort_keys=True, separators=(",", ":"))
+
+
+def options_slug(options: str) -> str:
+    """File-name form of canonical --td-options: the leaf keys and values, e.g. 'num_epochs1-initial_ratio3.5'."""
+    def leaves(d):
+        for key, value in sorted(d.items()):
+            if isinstance(value, dict):
+                yield from leaves(value)
+            else:
+                yield f"{key}{value}".replace(" ", "")
+    return "".join(c if c.isalnum() or c in "._-" else "" for c in "-".join(leaves(json.loads(options))))
 
 
 def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: int, steps_per_epoch: int,
@@ -180,10 +223,13 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         if name in ("search_aa+finetune", "pruning+search_aa", "rank_learning_aa"):
             # activation-aware: ranks and factors for the outputs on training images
             block["decomposition"] = {"activation_aware": True}
+        if args.td_options:
+            block = merge_options(block, parse_td_options(args.td_options)[0])
     ctrl, compressed = compress_and_finetune(model, block, loaders, args, epochs)
     accuracy = evaluate(compressed, test_loader, progress=False)
     val_accuracy = evaluate(compressed, val_loader, progress=False) if val_loader is not None else None
-    tag = row_tag(name, budget_label(budget), seed, args.lr)
+    options = parse_td_options(args.td_options)[1] if name in TD_METHODS else ""
+    tag = row_tag(name, budget_label(budget), seed, args.lr, options)
     example = torch.randn(*INPUT)
     if name == "filter_pruning":
         xml = export_pruned_ir(ctrl, example, out_dir / f"{tag}.xml")
@@ -194,7 +240,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         achieved = td.statistics().tensor_decomposition.achieved_ratio if td is not None else None
     int8 = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml")
     cost = ir_cost(xml, INPUT)
-    return {"method": name, "budget": budget_label(budget), "seed": seed, "lr": args.lr,
+    return {"method": name, "budget": budget_label(budget), "seed": seed, "lr": args.lr, "options": options or None,
             "flops_ratio": baseline["macs"] / cost["macs"], "params_ratio": baseline["weights"] / cost["weights"],
             "test_accuracy": accuracy, "val_accuracy": val_accuracy,
             "baseline_accuracy": baseline["accuracy"], "epochs": args.epochs, "achieved_ratio": achieved,
@@ -218,16 +264,18 @@ def compress_and_finetune(model, block, loaders, args, epochs):
 
 
 def row_key(r: dict) -> tuple:
-    """(method, budget, seed, lr) of a row; rows made before --seeds and --lr were recorded ran at seed 0, lr 0.01."""
-    return r["method"], r["budget"], r.get("seed") or 0, r.get("lr") or DEFAULT_LR
+    """(method, budget, seed, lr, options) of a row; rows made before --seeds, --lr and --td-options were recorded ran
+    at seed 0, lr 0.01, without options ("")."""
+    return r["method"], r["budget"], r.get("seed") or 0, r.get("lr") or DEFAULT_LR, r.get("options") or ""
 
 
-def row_tag(method: str, budget: str, seed: int, lr: float = DEFAULT_LR) -> str:
-    """File stem of a row's IRs (seed 0 and the default learning rate keep the names of the runs made before --seeds
-    and --lr were recorded)."""
+def row_tag(method: str, budget: str, seed: int, lr: float = DEFAULT_LR, options: str = "") -> str:
+    """File stem of a row's IRs (seed 0, the default learning rate and no options keep the names of the runs made
+    before --seeds, --lr and --td-options were recorded)."""
     if method == "dense":
         return "dense"
-    suffix = (f"_s{seed}" if seed else "") + (f"_lr{lr:g}" if lr != DEFAULT_LR else "")
+    suffix = ((f"_s{seed}" if seed else "") + (f"_lr{lr:g}" if lr != DEFAULT_LR else "")
+              + (f"_o{options_slug(options)}" if options else ""))
     if method == "dense+finetune":
         return "dense_finetune" + suffix
     return f"{method.replace('+', '_')}_{budget.replace(':', '').replace('+', '_')}" + suffix
@@ -257,6 +305,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=DEFAULT_LR,
                         help="fine-tuning learning rate of every row of this run (recorded in the rows: rows of "
                              "several learning rates are kept apart, and --resume keeps each)")
+    parser.add_argument("--td-options", default="",
+                        help="JSON object merged into the tensor_decomposition block of every row (e.g. "
+                             "'{\"rank_learning\": {\"num_epochs\": 1}}'), recorded as the rows' options and kept "
+                             "apart like a learning rate; only with methods that have that block")
     parser.add_argument("--val-size", type=int, default=0,
                         help="also report val_accuracy on the last N training images (not in --train-subset; the "
                              "base model saw them, the fine-tuning did not): the split to choose a learning rate on")
@@ -295,6 +347,13 @@ def main(argv=None) -> int:
         parser.error(f"--budgets must be metric:ratio[+metric:ratio],..., got {args.budgets!r}")
     methods = args.methods.split(",")
     try:
+        td_options = parse_td_options(args.td_options)[1]
+    except ValueError as e:
+        parser.error(str(e))
+    if td_options and set(methods) - set(TD_METHODS):
+        parser.error(f"--td-options applies to the tensor_decomposition block, which methods "
+                     f"{sorted(set(methods) - set(TD_METHODS))} do not have; run them without it")
+    try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
@@ -332,7 +391,7 @@ def main(argv=None) -> int:
             prior[row_key(r)] = r
         # the earlier run's dense latencies go with its rows: a row whose IRs are gone (another machine, a fresh
         # checkout) keeps its timing, and the report compares it with this run's rows as a speedup over its own dense
-        prior_dense = prior.get(("dense", "-", 0, DEFAULT_LR), {})
+        prior_dense = prior.get(("dense", "-", 0, DEFAULT_LR, ""), {})
         for r in prior.values():
             for key in LATENCY_KEYS:
                 r.setdefault(f"dense_{key}", prior_dense.get(key))
@@ -351,8 +410,8 @@ def main(argv=None) -> int:
 
     for seed in seeds if "dense+finetune" in methods else ():
         where = "dense+finetune" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
-        if ("dense+finetune", "-", seed, args.lr) in prior:
-            rows.append(prior[("dense+finetune", "-", seed, args.lr)])
+        if ("dense+finetune", "-", seed, args.lr, "") in prior:
+            rows.append(prior[("dense+finetune", "-", seed, args.lr, "")])
             print(f"== {where}: kept from {args.resume}")
             continue
         print(f"== {where}", flush=True)
@@ -366,8 +425,8 @@ def main(argv=None) -> int:
         flops_target = dict([budget[:2], *budget[2]]).get("flops")
         # the data-free search is deterministic: its FLOPs ratio is the same for every seed (an earlier run's search
         # row sets the ratio that pruning matches when this run does not run the search)
-        search_flops = next((r["flops_ratio"] for (m, b, _, _), r in prior.items()
-                             if m == "search+finetune" and b == label), None)
+        search_flops = next((r["flops_ratio"] for (m, b, _, _, o), r in prior.items()
+                             if m == "search+finetune" and b == label and not o), None)
         for seed, name in [(seed, name) for seed in seeds for name in methods]:
             if name == "dense+finetune":  # no budget: run once per seed, before the budgets (below)
                 continue
@@ -377,10 +436,11 @@ def main(argv=None) -> int:
                     print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
                     continue
             where = f"{name} at {label}" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
-            if (name, label, seed, args.lr) in prior:
-                row = prior[(name, label, seed, args.lr)]
+            key = (name, label, seed, args.lr, td_options if name in TD_METHODS else "")
+            if key in prior:
+                row = prior[key]
                 rows.append(row)
-                search_flops = row["flops_ratio"] if name == "search+finetune" else search_flops
+                search_flops = row["flops_ratio"] if name == "search+finetune" and not td_options else search_flops
                 print(f"== {where}: kept from {args.resume}")
                 continue
             print(f"== {where}", flush=True)
@@ -392,9 +452,10 @@ def main(argv=None) -> int:
                 print(f"   failed: {type(e).__name__}: {e}", flush=True)
                 if args.verbose:
                     traceback.print_exc()
-                rows.append({"method": name, "budget": label, "seed": seed, "lr": args.lr, "error": str(e)})
+                rows.append({"method": name, "budget": label, "seed": seed, "lr": args.lr,
+                             "options": (td_options if name in TD_METHODS else "") or None, "error": str(e)})
                 continue
-            if name == "search+finetune":
+            if name == "search+finetune" and not td_options:
                 search_flops = row["flops_ratio"]
             rows.append(row)
             save_partial(rows)
@@ -403,7 +464,8 @@ def main(argv=None) -> int:
     ran = {row_key(r) for r in rows}
     for key, row in prior.items():  # rows of the earlier run that this one did not cover
         if key not in ran:
-            print(f"== {key[0]} at {key[1]}, seed {key[2]}, lr {key[3]:g}: kept from {args.resume}")
+            print(f"== {key[0]} at {key[1]}, seed {key[2]}, lr {key[3]:g}{', ' + key[4] if key[4] else ''}: kept from "
+                  f"{args.resume}")
             rows.append(row)
     timed = [r for r in rows if "ir" in r and all(pathlib.Path(r[k]).exists() for k in ("ir", "ir_int8"))] \
         if not args.no_timing else []

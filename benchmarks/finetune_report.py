@@ -17,10 +17,11 @@ file's dense timing by the dense latencies of their own run (``rescale``; the ta
 run was on the same CPU (``timing_cpu``, or neither run recorded one); rows timed on another CPU keep their
 measurements only as ``<key>_other_cpu``, out of the plot and the latency targets (the table shows "other CPU").
 
-Rows of several fine-tuning learning rates (finetune.py --lr; rows without ``lr`` ran at 0.01) are kept apart. The
-targets and the plot take, per method and budget, one learning rate, chosen without the test set: the one with the
-highest mean ``val_accuracy`` (finetune.py --val-size: held-out training images) if every learning rate of that
-method and budget has one, else 0.01 (``select_lr``).
+Rows of several fine-tuning settings are kept apart: the learning rate (finetune.py --lr; rows without ``lr`` ran at
+0.01) and the options merged into the tensor_decomposition block (finetune.py --td-options, the row's ``options``;
+none by default). The targets and the plot take, per method and budget, one setting, chosen without the test set:
+the one with the highest mean ``val_accuracy`` (finetune.py --val-size: held-out training images) if every setting of
+that method and budget has one, else the default (lr 0.01, no options) (``select_setting``).
 """
 
 import argparse
@@ -74,12 +75,21 @@ def _lr(r: dict) -> float:
     return r.get("lr") or DEFAULT_LR
 
 
+def _options(r: dict) -> str:
+    """The row's --td-options as canonical JSON ("" for none)."""
+    return r.get("options") or ""
+
+
+def _is_default_setting(r: dict) -> bool:
+    return _lr(r) == DEFAULT_LR and not _options(r)
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
-    """One row per (method, budget, learning rate): the row itself, or the mean over its seeds (with "seeds" and the
-    accuracy range)."""
+    """One row per (method, budget, learning rate, options): the row itself, or the mean over its seeds (with "seeds"
+    and the accuracy range)."""
     groups = {}
     for r in _ok(rescale(rows)):
-        groups.setdefault((r["method"], r["budget"], _lr(r)), []).append(r)
+        groups.setdefault((r["method"], r["budget"], _lr(r), _options(r)), []).append(r)
     out = []
     for group in groups.values():
         if len(group) == 1:
@@ -94,9 +104,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def select_lr(rows: list[dict]) -> list[dict]:
-    """Aggregated rows with one learning rate per (method, budget): the highest mean val_accuracy if every learning
-    rate of the pair has one, else the default 0.01 (never chosen on the test accuracy)."""
+def select_setting(rows: list[dict]) -> list[dict]:
+    """Aggregated rows with one setting (learning rate, options) per (method, budget): the highest mean val_accuracy
+    if every setting of the pair has one, else the default (lr 0.01, no options; never chosen on the test
+    accuracy)."""
     groups = {}
     for r in rows:
         groups.setdefault((r["method"], r["budget"]), []).append(r)
@@ -107,12 +118,13 @@ def select_lr(rows: list[dict]) -> list[dict]:
         elif all(r.get("val_accuracy") is not None for r in group):
             out.append(max(group, key=lambda r: r["val_accuracy"]))
         else:
-            out.extend(r for r in group if _lr(r) == DEFAULT_LR)
+            out.extend(r for r in group if _is_default_setting(r))
     return out
 
 
 def _name(r: dict) -> str:
     return (f"{r['method']}" + (f" lr {_lr(r):g}" if _lr(r) != DEFAULT_LR else "")
+            + (f" {_options(r)}" if _options(r) else "")
             + (f" (mean of {r['seeds']} seeds)" if r.get("seeds") else ""))
 
 
@@ -138,16 +150,17 @@ def table(rows: list[dict]) -> str:
         seed = f"mean of {r['seeds']}" if r.get("seeds") else ("" if seed is None else seed)
         lr = "" if r["method"] == "dense" else f"{_lr(r):g}"
         val = "" if r.get("val_accuracy") is None else f"{100 * r['val_accuracy']:.2f}%"
-        out.append(f"| {r['method']} | {r['budget']} | {seed} | {lr} | {r['flops_ratio']:.2f} | "
+        method = r["method"] + (f" {_options(r)}" if _options(r) else "")
+        out.append(f"| {method} | {r['budget']} | {seed} | {lr} | {r['flops_ratio']:.2f} | "
                    f"{r['params_ratio']:.2f} | {100 * r['test_accuracy']:.2f}% | {val} | {delta:+.2f} | {r['epochs']} | "
                    f"{ms('latency_ms_default')} | {ms('latency_ms_int8')} |")
     return "\n".join(out)
 
 
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
-    """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged, one learning rate per
-    method and budget: ``select_lr``)."""
-    rows = select_lr(aggregate(rows))
+    """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged, one setting per
+    method and budget: ``select_setting``)."""
+    rows = select_setting(aggregate(rows))
     results = []
     budgets = sorted({r["budget"] for r in rows if r["method"] != "dense"})
     for budget in budgets:
@@ -191,7 +204,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = select_lr(aggregate(rows))
+    rows = select_setting(aggregate(rows))
     fig, axes = plt.subplots(1, len(LATENCIES), figsize=(6 * len(LATENCIES), 4.5))
     for ax, (key, label) in zip(axes, LATENCIES):
         seen = set()

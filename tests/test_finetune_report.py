@@ -3,7 +3,7 @@ speedups over the dense IR of their own run, and the pruning-domination target u
 
 import pytest
 
-from benchmarks.finetune_report import aggregate, rescale, select_lr, table, targets
+from benchmarks.finetune_report import aggregate, rescale, select_setting, table, targets
 
 
 def _row(method, budget, acc, ms, dense_ms, seed=0):
@@ -79,11 +79,33 @@ def _lr_rows(val_at_default):
 def test_learning_rates_stay_apart_and_are_chosen_on_validation_not_test():
     groups = aggregate(_lr_rows(True))
     assert sorted(r.get("lr", 0.01) for r in groups if r["method"] == "search+finetune") == [0.003, 0.01]
-    chosen = [r for r in select_lr(groups) if r["method"] == "search+finetune"]
+    chosen = [r for r in select_setting(groups) if r["method"] == "search+finetune"]
     assert len(chosen) == 1 and chosen[0]["test_accuracy"] == 0.920  # best val (0.01), not best test (0.003)
     found = {name: met for name, met, _ in targets(_lr_rows(True))}
     assert found["params:5: ours ahead of filter_pruning"] is False  # 92.0% (lr 0.01) vs 92.4%
     # without a val accuracy at every learning rate nothing is chosen: the default learning rate stands
-    chosen = [r for r in select_lr(aggregate(_lr_rows(False))) if r["method"] == "search+finetune"]
+    chosen = [r for r in select_setting(aggregate(_lr_rows(False))) if r["method"] == "search+finetune"]
     assert len(chosen) == 1 and chosen[0]["test_accuracy"] == 0.920
     assert "| 0.003 |" in table(_lr_rows(True)) and "94.00%" in table(_lr_rows(True))
+
+
+def test_options_stay_apart_and_are_chosen_on_validation():
+    """Rows with --td-options are another setting of the same method: aggregated apart, one setting chosen on
+    val_accuracy (here the options row, despite its lower test accuracy), the default one when a val is missing."""
+    rows = _rows()
+    plain = [dict(rows[1], seed=s, test_accuracy=0.924 + s / 1000, val_accuracy=0.930) for s in (0, 1)]
+    variant = [dict(rows[1], seed=s, options='{"rank_learning":{"num_epochs":1}}', test_accuracy=0.921,
+                    val_accuracy=0.935) for s in (0, 1)]
+    groups = aggregate([rows[0], *plain, *variant, rows[2]])
+    ours = [r for r in groups if r["method"] == "search+finetune"]
+    assert len(ours) == 2 and sorted(r["seeds"] for r in ours) == [2, 2]
+    chosen = [r for r in select_setting(groups) if r["method"] == "search+finetune"]
+    assert len(chosen) == 1 and chosen[0]["options"] and chosen[0]["test_accuracy"] == pytest.approx(0.921)
+    found = {name: (met, evidence) for name, met, evidence in targets([rows[0], *plain, *variant, rows[2]])}
+    met, evidence = found["params:5: ours ahead of filter_pruning"]
+    assert met is False and '{"rank_learning":{"num_epochs":1}}' in evidence  # 92.1% vs 92.4%: named in the evidence
+    for r in variant:  # a setting without validation: nothing is chosen over the default
+        del r["val_accuracy"]
+    chosen = [r for r in select_setting(aggregate([rows[0], *plain, *variant])) if r["method"] == "search+finetune"]
+    assert len(chosen) == 1 and not chosen[0].get("options")
+    assert '| search+finetune {"rank_learning":{"num_epochs":1}} | params:5 |' in table([rows[0], *variant])

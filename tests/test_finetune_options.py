@@ -1,0 +1,46 @@
+"""--td-options of the fine-tuning benchmark (benchmarks/finetune.py): merged into the tensor_decomposition block,
+recorded canonically, kept apart in row keys and IR names, and bad values refused with the reason."""
+
+import pytest
+
+from benchmarks.finetune import main, merge_options, options_slug, parse_td_options, row_key, row_tag, td_block
+
+
+def test_options_merge_into_the_block_and_are_canonical():
+    block = td_block("params", 5.0, "rank_learning", 3, 50, 94, 2)
+    options, canonical = parse_td_options('{"rank_learning": {"num_epochs": 1, "initial_ratio": 3.5}}')
+    merged = merge_options(block, options)
+    assert merged["rank_learning"] == {"num_epochs": 1, "initial_ratio": 3.5, "update_every": 50,
+                                       "steps_per_epoch": 94}
+    assert block["rank_learning"]["num_epochs"] == 2  # the block itself is not changed
+    assert canonical == '{"rank_learning":{"initial_ratio":3.5,"num_epochs":1}}'
+    assert parse_td_options('{"rank_learning":{"num_epochs":1,"initial_ratio":3.5}}')[1] == canonical
+    assert parse_td_options("") == ({}, "")
+
+
+def test_options_keep_rows_and_ir_names_apart():
+    canonical = parse_td_options('{"rank_learning": {"num_epochs": 1}}')[1]
+    assert options_slug(canonical) == "num_epochs1"
+    assert row_tag("rank_learning", "params:5", 3, 0.03, canonical) == "rank_learning_params5_s3_lr0.03_onum_epochs1"
+    assert row_tag("rank_learning", "params:5", 0, 0.01) == "rank_learning_params5"  # names of older runs
+    row = {"method": "rank_learning", "budget": "params:5", "seed": 3, "lr": 0.03}
+    assert row_key(row) != row_key(dict(row, options=canonical))
+    assert row_key(row) == row_key(dict(row, options=None))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{num_epochs: 1}", "is not JSON"),
+    ("[1]", "non-empty JSON object"),
+    ("{}", "non-empty JSON object"),
+    ('{"budget": {"target_ratio": 3}}', "may not set 'algorithm' or 'budget'"),
+])
+def test_bad_options_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_td_options(text)
+
+
+def test_options_with_a_method_without_the_block_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--json", "unused.json", "--methods", "rank_learning,filter_pruning",
+              "--td-options", '{"rank_learning": {"num_epochs": 1}}'])
+    assert "['filter_pruning'] do not have" in capsys.readouterr().err
