@@ -44,6 +44,9 @@ method and budget on it, never on the test accuracy. ``--td-options JSON`` merge
 block of every row of a run (e.g. ``'{"rank_learning": {"num_epochs": 1}}'``; only methods with that block): rows
 record it as ``options`` (canonical JSON) and are kept apart from the other settings like a learning rate (IRs get
 an ``_o<keys and values>`` suffix); the report chooses among settings on ``val_accuracy`` the same way.
+``--pruning-options JSON`` does the same for the filter_pruning block (e.g. ``'{"params": {"pruning_steps": 1}}'``,
+pruning in one epoch; not its FLOPs target, which matches the search row): a method's schedule tuned on validation
+can be set against pruning's schedule tuned the same way.
 
 pruning+search_aa is decomposition on top of channel pruning: its budget ``flops:R+<metric>:R2`` prunes to R times
 fewer FLOPs (filter_pruning, gradually over epochs - 2 epochs, then one epoch at the final shapes), makes the pruned
@@ -128,20 +131,36 @@ def merge_options(block: dict, options: dict) -> dict:
     return out
 
 
-def parse_td_options(text: str) -> tuple[dict, str]:
-    """--td-options: (the dict, its canonical JSON; "" for none). Raises ValueError naming what is wrong."""
+def parse_td_options(text: str, flag: str = "--td-options") -> tuple[dict, str]:
+    """--td-options (or, with ``flag`` "--pruning-options", the options of the filter_pruning block): (the dict, its
+    canonical JSON; "" for none). Raises ValueError naming what is wrong."""
     if not text:
         return {}, ""
+    block = "tensor_decomposition" if flag == "--td-options" else "filter_pruning"
     try:
         options = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--td-options is not JSON ({e}): {text!r}") from None
+        raise ValueError(f"{flag} is not JSON ({e}): {text!r}") from None
     if not isinstance(options, dict) or not options:
-        raise ValueError(f"--td-options must be a non-empty JSON object (keys of the tensor_decomposition block), "
-                         f"got {text!r}")
+        raise ValueError(f"{flag} must be a non-empty JSON object (keys of the {block} block), got {text!r}")
     if "algorithm" in options or "budget" in options:
-        raise ValueError("--td-options may not set 'algorithm' or 'budget' (the budget is --budgets)")
+        raise ValueError(f"{flag} may not set 'algorithm' or 'budget' (the budget is --budgets)")
+    params = options.get("params") if isinstance(options.get("params"), dict) else {}
+    fixed = sorted(k for k in ("pruning_flops_target", "pruning_target") if k in params)
+    if flag == "--pruning-options" and fixed:
+        raise ValueError(f"--pruning-options may not set params.{fixed[0]}: pruning matches the FLOPs ratio of the "
+                         f"search row of the budget")
     return options, json.dumps(options, sort_keys=True, separators=(",", ":"))
+
+
+def row_options(name: str, args) -> str:
+    """Canonical options of a row of method ``name``: --td-options for methods with a tensor_decomposition block,
+    --pruning-options for filter_pruning, else ""."""
+    if name in TD_METHODS:
+        return parse_td_options(args.td_options)[1]
+    if name == "filter_pruning":
+        return parse_td_options(args.pruning_options, "--pruning-options")[1]
+    return ""
 
 
 def options_slug(options: str) -> str:
@@ -211,6 +230,8 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         (metric, ratio), additional = additional[0], tuple(additional[1:])
     if name == "filter_pruning":
         block = pruning_block(flops_for_pruning, steps=max(0, epochs - 1))
+        if args.pruning_options:
+            block = merge_options(block, parse_td_options(args.pruning_options, "--pruning-options")[0])
     elif name == "dense+finetune":  # the control: the uncompressed model through the same fine-tuning
         block = None
     else:
@@ -228,7 +249,7 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
     ctrl, compressed = compress_and_finetune(model, block, loaders, args, epochs)
     accuracy = evaluate(compressed, test_loader, progress=False)
     val_accuracy = evaluate(compressed, val_loader, progress=False) if val_loader is not None else None
-    options = parse_td_options(args.td_options)[1] if name in TD_METHODS else ""
+    options = row_options(name, args)
     tag = row_tag(name, budget_label(budget), seed, args.lr, options)
     example = torch.randn(*INPUT)
     if name == "filter_pruning":
@@ -309,6 +330,10 @@ def main(argv=None) -> int:
                         help="JSON object merged into the tensor_decomposition block of every row (e.g. "
                              "'{\"rank_learning\": {\"num_epochs\": 1}}'), recorded as the rows' options and kept "
                              "apart like a learning rate; only with methods that have that block")
+    parser.add_argument("--pruning-options", default="",
+                        help="JSON object merged into the filter_pruning block of the filter_pruning rows (e.g. "
+                             "'{\"params\": {\"pruning_steps\": 1}}'), recorded as their options; only with "
+                             "--methods filter_pruning")
     parser.add_argument("--val-size", type=int, default=0,
                         help="also report val_accuracy on the last N training images (not in --train-subset; the "
                              "base model saw them, the fine-tuning did not): the split to choose a learning rate on")
@@ -348,11 +373,15 @@ def main(argv=None) -> int:
     methods = args.methods.split(",")
     try:
         td_options = parse_td_options(args.td_options)[1]
+        pruning_options = parse_td_options(args.pruning_options, "--pruning-options")[1]
     except ValueError as e:
         parser.error(str(e))
     if td_options and set(methods) - set(TD_METHODS):
         parser.error(f"--td-options applies to the tensor_decomposition block, which methods "
                      f"{sorted(set(methods) - set(TD_METHODS))} do not have; run them without it")
+    if pruning_options and set(methods) != {"filter_pruning"}:
+        parser.error(f"--pruning-options applies to the filter_pruning block: run it with --methods filter_pruning "
+                     f"alone, not {sorted(set(methods) - {'filter_pruning'})}")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
@@ -436,7 +465,7 @@ def main(argv=None) -> int:
                     print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
                     continue
             where = f"{name} at {label}" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
-            key = (name, label, seed, args.lr, td_options if name in TD_METHODS else "")
+            key = (name, label, seed, args.lr, row_options(name, args))
             if key in prior:
                 row = prior[key]
                 rows.append(row)
@@ -453,7 +482,7 @@ def main(argv=None) -> int:
                 if args.verbose:
                     traceback.print_exc()
                 rows.append({"method": name, "budget": label, "seed": seed, "lr": args.lr,
-                             "options": (td_options if name in TD_METHODS else "") or None, "error": str(e)})
+                             "options": row_options(name, args) or None, "error": str(e)})
                 continue
             if name == "search+finetune" and not td_options:
                 search_flops = row["flops_ratio"]

@@ -44,3 +44,19 @@ def test_options_with_a_method_without_the_block_are_refused(capsys):
         main(["--json", "unused.json", "--methods", "rank_learning,filter_pruning",
               "--td-options", '{"rank_learning": {"num_epochs": 1}}'])
     assert "['filter_pruning'] do not have" in capsys.readouterr().err
+
+
+def test_pruning_options_merge_into_the_pruning_block_but_not_its_target(capsys):
+    from benchmarks.pruning import pruning_block
+
+    options, canonical = parse_td_options('{"params": {"pruning_steps": 1}}', "--pruning-options")
+    block = merge_options(pruning_block(1.68, steps=2), options)
+    assert block["params"]["pruning_steps"] == 1 and block["params"]["pruning_flops_target"] == pytest.approx(
+        1 - 1 / 1.68)
+    assert canonical == '{"params":{"pruning_steps":1}}'
+    with pytest.raises(ValueError, match="may not set params.pruning_flops_target"):
+        parse_td_options('{"params": {"pruning_flops_target": 0.5}}', "--pruning-options")
+    with pytest.raises(SystemExit):
+        main(["--json", "unused.json", "--methods", "filter_pruning,rank_learning",
+              "--pruning-options", '{"params": {"pruning_steps": 1}}'])
+    assert "not ['rank_learning']" in capsys.readouterr().err
