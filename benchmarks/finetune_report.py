@@ -12,7 +12,8 @@ pruning+search_aa (the activation-aware search on top of NNCF's filter pruning):
 - every filter_pruning point dominated by a point of ours (higher accuracy at equal or lower latency), for each
   latency column.
 A method and budget that ran with several seeds (finetune.py --seeds) enters the targets and the plot as its mean
-over the seeds (accuracy, ratios and latencies). Rows timed in an earlier run (their IRs gone) are rescaled to the
+over the seeds (accuracy, ratios and latencies; no
+latency when its seeds were timed on different CPUs). Rows timed in an earlier run (their IRs gone) are rescaled to the
 file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*"), if that
 run was on the same CPU (``timing_cpu``, or neither run recorded one); rows timed on another CPU keep their
 measurements only as ``<key>_other_cpu``, out of the plot and the latency targets (the table shows "other CPU").
@@ -98,8 +99,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
         mean = dict(group[0], seeds=len(group), seed=None,
                     accuracy_range=(min(r["test_accuracy"] for r in group), max(r["test_accuracy"] for r in group)))
         for key in MEAN_KEYS:
-            values = [r[key] for r in group if r.get(key) is not None]
-            mean[key] = sum(values) / len(values) if values else None
+            timed = [r for r in group if r.get(key) is not None]
+            if key.startswith("latency_ms") and len({r.get("timing_cpu") for r in timed}) > 1:
+                # seeds timed on different CPUs and not moved aside by rescale (the file's dense row is untimed):
+                # their mean would mix speeds of different kernels
+                mean[key] = None
+                continue
+            mean[key] = sum(r[key] for r in timed) / len(timed) if timed else None
         out.append(mean)
     return out
 

@@ -109,3 +109,18 @@ def test_options_stay_apart_and_are_chosen_on_validation():
     chosen = [r for r in select_setting(aggregate([rows[0], *plain, *variant])) if r["method"] == "search+finetune"]
     assert len(chosen) == 1 and not chosen[0].get("options")
     assert '| search+finetune {"rank_learning":{"num_epochs":1}} | params:5 |' in table([rows[0], *variant])
+
+
+def test_seeds_timed_on_different_cpus_get_no_mean_latency_without_a_timed_dense_row():
+    """An untimed results file (its dense row has no latency) cannot rescale or set aside rows of other timing runs:
+    seeds timed on an AMX CPU and on one without must not be averaged into one latency."""
+    rows = _rows()
+    dense = dict(rows[0], latency_ms_default=None, latency_ms_int8=None)
+    amx = dict(rows[2], seed=0, timing_cpu="cpu A (amx)", latency_ms_default=0.74)
+    other = dict(rows[2], seed=1, timing_cpu="cpu B", latency_ms_default=3.2)
+    same = dict(rows[2], seed=2, timing_cpu="cpu A (amx)", latency_ms_default=0.76)
+    mixed = next(r for r in aggregate([dense, amx, other]) if r["method"] == "filter_pruning")
+    assert mixed["seeds"] == 2 and mixed["latency_ms_default"] is None
+    assert mixed["test_accuracy"] == pytest.approx(0.924)
+    one_cpu = next(r for r in aggregate([dense, amx, same]) if r["method"] == "filter_pruning")
+    assert one_cpu["latency_ms_default"] == pytest.approx(0.75)
