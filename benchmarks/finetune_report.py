@@ -12,9 +12,8 @@ pruning+search_aa (the activation-aware search on top of NNCF's filter pruning):
 - every filter_pruning point dominated by a point of ours (higher accuracy at equal or lower latency), for each
   latency column.
 A method and budget that ran with several seeds (finetune.py --seeds) enters the targets and the plot as its mean
-over the seeds (accuracy, ratios and latencies; no
-latency when its seeds were timed on different CPUs). Rows timed in an earlier run (their IRs gone) are rescaled to the
-file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*"), if that
+over the seeds (accuracy, ratios and latencies; no latency when its seeds were timed on different CPUs). Rows timed
+in an earlier run (their IRs gone) are rescaled to the file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*"), if that
 run was on the same CPU (``timing_cpu``, or neither run recorded one); rows timed on another CPU keep their
 measurements only as ``<key>_other_cpu``, out of the plot and the latency targets (the table shows "other CPU").
 
