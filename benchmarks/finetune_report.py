@@ -13,13 +13,14 @@ pruning+search_aa (the activation-aware search on top of NNCF's filter pruning):
   latency column.
 A method and budget that ran with several seeds (finetune.py --seeds) enters the targets and the plot as its mean
 over the seeds (accuracy, ratios and latencies; no latency when its seeds were timed on different CPUs). Rows timed
-in an earlier run (their IRs gone) are rescaled to the file's dense timing by the dense latencies of their own run (``rescale``; the table marks them with "*"), if that
-run was on the same CPU (``timing_cpu``, or neither run recorded one); rows timed on another CPU keep their
-measurements only as ``<key>_other_cpu``, out of the plot and the latency targets (the table shows "other CPU").
+in an earlier run (their IRs gone) are rescaled to the file's dense timing by the dense latencies of their own run
+(``rescale``; the table marks them with "*"), if that run was on the same CPU (``timing_cpu``, or neither run
+recorded one); rows timed on another CPU keep their measurements only as ``<key>_other_cpu``, out of the plot and
+the latency targets (the table shows "other CPU").
 
 Rows of several fine-tuning settings are kept apart: the learning rate (finetune.py --lr; rows without ``lr`` ran at
-0.01) and the options merged into the tensor_decomposition block (finetune.py --td-options, the row's ``options``;
-none by default). The targets and the plot take, per method and budget, one setting, chosen without the test set:
+0.01) and the options merged into the method's block (finetune.py --td-options or --pruning-options, the row's
+``options``; none by default). The targets and the plot take, per method and budget, one setting, chosen without the test set:
 the one with the highest mean ``val_accuracy`` (finetune.py --val-size: held-out training images) if every setting of
 that method and budget has one, else the default (lr 0.01, no options) (``select_setting``).
 """
