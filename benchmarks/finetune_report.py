@@ -20,9 +20,9 @@ the latency targets (the table shows "other CPU").
 
 Rows of several fine-tuning settings are kept apart: the learning rate (finetune.py --lr; rows without ``lr`` ran at
 0.01) and the options merged into the method's block (finetune.py --td-options or --pruning-options, the row's
-``options``; none by default). The targets and the plot take, per method and budget, one setting, chosen without the test set:
-the one with the highest mean ``val_accuracy`` (finetune.py --val-size: held-out training images) if every setting of
-that method and budget has one, else the default (lr 0.01, no options) (``select_setting``).
+``options``; none by default). The targets and the plot take, per method and budget, one setting, chosen without the
+test set: the one with the highest mean ``val_accuracy`` (finetune.py --val-size: held-out training images) if every
+setting of that method and budget has one, else the default (lr 0.01, no options) (``select_setting``).
 """
 
 import argparse
