@@ -284,8 +284,11 @@ TD_SCHEMA: dict[str, Any] = {
                                   "budget.target_ratio (generous ranks to learn from). Default: the square root of "
                                   "budget.target_ratio, raised towards the target (logged) if the layers the "
                                   "selection decomposes at it cannot shrink to the target, and if the default "
-                                  "'search' still falls short the initial ranks are 'uniform' (logged); a given "
-                                  "value (or rank_selection) is kept and an unreachable target is an error."},
+                                  "'search' still falls short the initial ranks are 'uniform' (logged). A given "
+                                  "value is never raised (the 'uniform' fallback still applies unless "
+                                  "'rank_selection' is set); an unreachable target is then an error. Measured at "
+                                  "params:5 (docs/rank_learning.md): 'search' reaches 5x only from 4.09x, 7 layers; "
+                                  "a given 1.5 or 3.0 starts from 'uniform' ranks on every layer."},
                 "schedule": {"enum": ["exponential", "multistep"], "default": "exponential",
                              "description": "How the budget goes from 'initial_ratio' to budget.target_ratio: "
                              "'exponential' (geometric in the ratio over 'num_epochs', updated at every Z-step) or "

@@ -134,8 +134,9 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
     default ``initial_ratio`` the ratio is then raised towards the target, geometrically, up to ``retries`` times
     (logged). If the default selection ('search', neither set nor configured) still falls short, the initial
     decomposition falls back to 'uniform' ranks at the first ``initial_ratio`` (logged): uniform ranks decompose
-    every layer that gets cheaper, which is what a latency budget at a mild ratio needs. An ``initial_ratio`` or
-    ``rank_selection`` given in the config is kept, and an unreachable target raises."""
+    every layer that gets cheaper, which is what a latency budget at a mild ratio needs. An ``initial_ratio`` given in
+    the config is never raised (the 'uniform' fallback still applies to it), a ``rank_selection`` given in the config
+    is kept, and a target still unreachable raises."""
     rl = cfg.rank_learning
     r0, target = rl["initial_ratio"], rl["target_ratio"]
     plan = _raise_until_reachable(make_plan, layers, cfg, retries)
