@@ -131,9 +131,9 @@ def merge_options(block: dict, options: dict) -> dict:
     return out
 
 
-def parse_td_options(text: str, flag: str = "--td-options") -> tuple[dict, str]:
-    """--td-options (or, with ``flag`` "--pruning-options", the options of the filter_pruning block): (the dict, its
-    canonical JSON; "" for none). Raises ValueError naming what is wrong."""
+def parse_options(text: str, flag: str = "--td-options") -> tuple[dict, str]:
+    """The value of --td-options or (``flag``) --pruning-options: (the dict, its canonical JSON; "" for none). Raises
+    ValueError naming what is wrong."""
     if not text:
         return {}, ""
     block = "tensor_decomposition" if flag == "--td-options" else "filter_pruning"
@@ -153,18 +153,18 @@ def parse_td_options(text: str, flag: str = "--td-options") -> tuple[dict, str]:
     return options, json.dumps(options, sort_keys=True, separators=(",", ":"))
 
 
-def row_options(name: str, args) -> str:
-    """Canonical options of a row of method ``name``: --td-options for methods with a tensor_decomposition block,
-    --pruning-options for filter_pruning, else ""."""
+def method_options(name: str, args) -> tuple[dict, str]:
+    """(options, canonical JSON) that apply to method ``name``: --td-options for methods with a tensor_decomposition
+    block, --pruning-options for filter_pruning, else none."""
     if name in TD_METHODS:
-        return parse_td_options(args.td_options)[1]
+        return parse_options(args.td_options)
     if name == "filter_pruning":
-        return parse_td_options(args.pruning_options, "--pruning-options")[1]
-    return ""
+        return parse_options(args.pruning_options, "--pruning-options")
+    return {}, ""
 
 
 def options_slug(options: str) -> str:
-    """File-name form of canonical --td-options: the leaf keys and values, e.g. 'num_epochs1-initial_ratio3.5'."""
+    """File-name form of canonical options: the leaf keys and values, e.g. 'num_epochs1-initial_ratio3.5'."""
     def leaves(d):
         for key, value in sorted(d.items()):
             if isinstance(value, dict):
@@ -230,8 +230,6 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         (metric, ratio), additional = additional[0], tuple(additional[1:])
     if name == "filter_pruning":
         block = pruning_block(flops_for_pruning, steps=max(0, epochs - 1))
-        if args.pruning_options:
-            block = merge_options(block, parse_td_options(args.pruning_options, "--pruning-options")[0])
     elif name == "dense+finetune":  # the control: the uncompressed model through the same fine-tuning
         block = None
     else:
@@ -244,12 +242,12 @@ def run_method(name, budget, base_model, loaders, args, out_dir, calibration, ba
         if name in ("search_aa+finetune", "pruning+search_aa", "rank_learning_aa"):
             # activation-aware: ranks and factors for the outputs on training images
             block["decomposition"] = {"activation_aware": True}
-        if args.td_options:
-            block = merge_options(block, parse_td_options(args.td_options)[0])
+    extra, options = method_options(name, args)
+    if extra:  # --td-options / --pruning-options (the TD block of pruning+search_aa; dense+finetune has none)
+        block = merge_options(block, extra)
     ctrl, compressed = compress_and_finetune(model, block, loaders, args, epochs)
     accuracy = evaluate(compressed, test_loader, progress=False)
     val_accuracy = evaluate(compressed, val_loader, progress=False) if val_loader is not None else None
-    options = row_options(name, args)
     tag = row_tag(name, budget_label(budget), seed, args.lr, options)
     example = torch.randn(*INPUT)
     if name == "filter_pruning":
@@ -372,8 +370,8 @@ def main(argv=None) -> int:
         parser.error(f"--budgets must be metric:ratio[+metric:ratio],..., got {args.budgets!r}")
     methods = args.methods.split(",")
     try:
-        td_options = parse_td_options(args.td_options)[1]
-        pruning_options = parse_td_options(args.pruning_options, "--pruning-options")[1]
+        td_options = parse_options(args.td_options)[1]
+        pruning_options = parse_options(args.pruning_options, "--pruning-options")[1]
     except ValueError as e:
         parser.error(str(e))
     if td_options and set(methods) - set(TD_METHODS):
@@ -465,7 +463,7 @@ def main(argv=None) -> int:
                     print(f"skip filter_pruning at {budget}: no FLOPs ratio to match (run search+finetune first)")
                     continue
             where = f"{name} at {label}" + (f", seed {seed}" if len(seeds) > 1 or seed else "")
-            key = (name, label, seed, args.lr, row_options(name, args))
+            key = (name, label, seed, args.lr, method_options(name, args)[1])
             if key in prior:
                 row = prior[key]
                 rows.append(row)
@@ -482,7 +480,7 @@ def main(argv=None) -> int:
                 if args.verbose:
                     traceback.print_exc()
                 rows.append({"method": name, "budget": label, "seed": seed, "lr": args.lr,
-                             "options": row_options(name, args) or None, "error": str(e)})
+                             "options": method_options(name, args)[1] or None, "error": str(e)})
                 continue
             if name == "search+finetune" and not td_options:
                 search_flops = row["flops_ratio"]

@@ -3,23 +3,23 @@ recorded canonically, kept apart in row keys and IR names, and bad values refuse
 
 import pytest
 
-from benchmarks.finetune import main, merge_options, options_slug, parse_td_options, row_key, row_tag, td_block
+from benchmarks.finetune import main, merge_options, options_slug, parse_options, row_key, row_tag, td_block
 
 
 def test_options_merge_into_the_block_and_are_canonical():
     block = td_block("params", 5.0, "rank_learning", 3, 50, 94, 2)
-    options, canonical = parse_td_options('{"rank_learning": {"num_epochs": 1, "initial_ratio": 3.5}}')
+    options, canonical = parse_options('{"rank_learning": {"num_epochs": 1, "initial_ratio": 3.5}}')
     merged = merge_options(block, options)
     assert merged["rank_learning"] == {"num_epochs": 1, "initial_ratio": 3.5, "update_every": 50,
                                        "steps_per_epoch": 94}
     assert block["rank_learning"]["num_epochs"] == 2  # the block itself is not changed
     assert canonical == '{"rank_learning":{"initial_ratio":3.5,"num_epochs":1}}'
-    assert parse_td_options('{"rank_learning":{"num_epochs":1,"initial_ratio":3.5}}')[1] == canonical
-    assert parse_td_options("") == ({}, "")
+    assert parse_options('{"rank_learning":{"num_epochs":1,"initial_ratio":3.5}}')[1] == canonical
+    assert parse_options("") == ({}, "")
 
 
 def test_options_keep_rows_and_ir_names_apart():
-    canonical = parse_td_options('{"rank_learning": {"num_epochs": 1}}')[1]
+    canonical = parse_options('{"rank_learning": {"num_epochs": 1}}')[1]
     assert options_slug(canonical) == "num_epochs1"
     assert row_tag("rank_learning", "params:5", 3, 0.03, canonical) == "rank_learning_params5_s3_lr0.03_onum_epochs1"
     assert row_tag("rank_learning", "params:5", 0, 0.01) == "rank_learning_params5"  # names of older runs
@@ -36,7 +36,7 @@ def test_options_keep_rows_and_ir_names_apart():
 ])
 def test_bad_options_are_refused(text, message):
     with pytest.raises(ValueError, match=message):
-        parse_td_options(text)
+        parse_options(text)
 
 
 def test_options_with_a_method_without_the_block_are_refused(capsys):
@@ -49,13 +49,13 @@ def test_options_with_a_method_without_the_block_are_refused(capsys):
 def test_pruning_options_merge_into_the_pruning_block_but_not_its_target(capsys):
     from benchmarks.pruning import pruning_block
 
-    options, canonical = parse_td_options('{"params": {"pruning_steps": 1}}', "--pruning-options")
+    options, canonical = parse_options('{"params": {"pruning_steps": 1}}', "--pruning-options")
     block = merge_options(pruning_block(1.68, steps=2), options)
     assert block["params"]["pruning_steps"] == 1 and block["params"]["pruning_flops_target"] == pytest.approx(
         1 - 1 / 1.68)
     assert canonical == '{"params":{"pruning_steps":1}}'
     with pytest.raises(ValueError, match="may not set params.pruning_flops_target"):
-        parse_td_options('{"params": {"pruning_flops_target": 0.5}}', "--pruning-options")
+        parse_options('{"params": {"pruning_flops_target": 0.5}}', "--pruning-options")
     with pytest.raises(SystemExit):
         main(["--json", "unused.json", "--methods", "filter_pruning,rank_learning",
               "--pruning-options", '{"params": {"pruning_steps": 1}}'])
