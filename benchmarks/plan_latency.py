@@ -17,7 +17,8 @@ with V.json for example ``{"tucker2": {"budget": {"metric": "params", "target_ra
 Rows: name, kind (dense / reference / variant), params_ratio and flops_ratio (from the IR's Convolution and MatMul
 weights, against the dense IR), conv_nodes (Convolution ops in the f32 IR), decomposed (layers) and methods
 (variants), zero_shot_accuracy (variants and dense: on the first --test-images test images, no fine-tuning),
-latency_ms_default, latency_ms_int8, speedup_default and speedup_int8 (dense / row). A zero-shot accuracy says how
+latency_ms_default, latency_ms_int8, speedup_default and speedup_int8 (dense / row), timing_run and timing_cpu (as
+in benchmarks/finetune.py: latencies compare only within one run on one CPU). A zero-shot accuracy says how
 far the plan is from the dense model before fine-tuning, not what it reaches after.
 """
 
@@ -42,6 +43,7 @@ from benchmarks.finetune import INPUT, quantize_ir  # noqa: E402
 from benchmarks.pruning import ir_cost  # noqa: E402
 from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
+from nncf_tdplugin.latency_model.specs import cpu_identity  # noqa: E402
 
 COLUMNS = ["name", "kind", "params_ratio", "flops_ratio", "conv_nodes", "decomposed", "methods", "zero_shot_accuracy",
            "latency_ms_default", "latency_ms_int8", "speedup_default", "speedup_int8"]
@@ -161,9 +163,10 @@ def main(argv=None) -> int:
         for r, result in zip(rows, results):
             r[column] = result.median_ms
             r[column.replace("latency_ms", "speedup")] = rows[0][column] / result.median_ms if r is not rows[0] else 1.0
+    run_id, cpu = time.strftime("%Y-%m-%dT%H:%M"), cpu_identity()  # latencies compare only within one CPU and run
     for r in rows:
         r["ir"], r["ir_int8"] = str(r["ir"]), str(r["ir_int8"])
-        r["widths"], r["random_init"] = list(widths), args.random_init
+        r["widths"], r["random_init"], r["timing_run"], r["timing_cpu"] = list(widths), args.random_init, run_id, cpu
     write_and_print(rows, COLUMNS, args.json)
     return 0
 
