@@ -50,3 +50,4 @@ def test_a_run_times_dense_and_each_variant(tmp_path):
     assert svd["params_ratio"] == pytest.approx(2.0, rel=0.05)  # the IR's weights, counted independently of the plan
     assert svd["conv_nodes"] == dense["conv_nodes"] + svd["decomposed"]  # channel SVD: one extra node per layer
     assert all(r[k] > 0 for r in (dense, svd) for k in ("latency_ms_default", "latency_ms_int8"))
+    assert svd["timing_cpu"] == dense["timing_cpu"] and "cpus" in dense["timing_cpu"]  # compared within one CPU
