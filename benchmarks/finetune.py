@@ -201,6 +201,12 @@ def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: 
     return block
 
 
+def calibration_images(n: int = 64) -> list:
+    """``n`` training images (one per item, normalised as the model's inputs) for the INT8 post-training quantization
+    of every IR."""
+    return [x[:1].numpy() for (x, _), _ in zip(fashion_mnist_loaders(1, augment=False)[0], range(n))]
+
+
 def quantize_ir(xml: pathlib.Path, calibration: list, out: pathlib.Path) -> pathlib.Path:
     """Post-training INT8 quantization of an f32 IR with NNCF's OpenVINO backend."""
     model = ov.Core().read_model(str(xml))
@@ -403,7 +409,7 @@ def main(argv=None) -> int:
     if args.test_subset:
         test_loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(test_loader.dataset, range(args.test_subset)), batch_size=512)
-    calibration = [x[:1].numpy() for (x, _), _ in zip(fashion_mnist_loaders(1, augment=False)[0], range(64))]
+    calibration = calibration_images()
     example = torch.randn(*INPUT)
     prior = {}
     if args.resume:

@@ -2,7 +2,7 @@
 
 Each variant is a tensor_decomposition block (without "algorithm") in a JSON file that maps names to blocks. It is
 applied to the cached Fashion-MNIST ResNet by ``create_compressed_model`` with no fine-tuning, exported to OpenVINO
-IR and quantized to INT8 by NNCF's post-training quantization on 64 training images (as benchmarks/finetune.py does).
+IR and quantized to INT8 by NNCF's post-training quantization on the 64 training images benchmarks/finetune.py uses.
 All IRs are then timed together with the dense IR and any --reference IRs: trained rows of benchmarks/finetune.py,
 whose INT8 IR is the file next to it named ``<name>_int8.xml``. Each IR runs in its own process, repeats
 interleaved, at the CPU's default precision and then in INT8 (both columns at the default precision hint, so on an
@@ -36,10 +36,10 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from benchmarks.common import compress_with_config, quiet_nncf, write_and_print  # noqa: E402
+from benchmarks.common import compress_with_config, logits, quiet_nncf, write_and_print  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
-    DEFAULT_EPOCHS, DEFAULT_WIDTHS, MEAN, STD, ResNetFMNIST, get_trained_resnet_fmnist, load_fashion_mnist)
-from benchmarks.finetune import INPUT, quantize_ir  # noqa: E402
+    DEFAULT_EPOCHS, DEFAULT_WIDTHS, ResNetFMNIST, get_trained_resnet_fmnist, load_fashion_mnist, normalize)
+from benchmarks.finetune import INPUT, calibration_images, quantize_ir  # noqa: E402
 from benchmarks.pruning import ir_cost  # noqa: E402
 from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
@@ -60,7 +60,7 @@ def load_variants(text: str, where: str = "--variants") -> dict:
                          f"got {text[:80]!r}")
     blocks = {}
     for name, block in variants.items():
-        if not name or not all(c.isalnum() or c in "._-" for c in name) or name in ("dense",):
+        if not name or not all(c.isalnum() or c in "._-" for c in name) or name == "dense":
             raise ValueError(f"{where}: variant name {name!r} must be non-empty, made of letters, digits and '._-' "
                              f"(it names the IR files), and not 'dense'")
         if not isinstance(block, dict):
@@ -93,10 +93,8 @@ def conv_nodes(xml) -> int:
     return sum(op.get_type_name() == "Convolution" for op in ov.Core().read_model(str(xml)).get_ops())
 
 
-@torch.no_grad()
-def accuracy(model, x, y, batch: int = 500) -> float:
-    model.eval()
-    return float(torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)]).eq(y).float().mean())
+def accuracy(model, x, y) -> float:
+    return float(logits(model, x).argmax(1).eq(y).float().mean())
 
 
 def main(argv=None) -> int:
@@ -118,16 +116,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     variants = load_variants(pathlib.Path(args.variants).read_text(), args.variants)
     references = [parse_reference(r) for r in args.reference]
-    if len({name for name, _, _ in references} | set(variants) | {"dense"}) != len(references) + len(variants) + 1:
+    names = ["dense", *variants, *(name for name, _, _ in references)]
+    if len(set(names)) != len(names):
         raise ValueError("--reference and --variants names must differ from each other and from 'dense'")
     torch.set_num_threads(args.threads)
     quiet_nncf()
     widths = tuple(int(w) for w in args.widths.split(","))
     base = ResNetFMNIST(widths).eval() if args.random_init else get_trained_resnet_fmnist(widths, args.base_epochs)[0]
     x, y = load_fashion_mnist("test")
-    x, y = ((x.float() / 255.0 - MEAN) / STD)[:, None][:args.test_images], y[:args.test_images]
-    train_x, _ = load_fashion_mnist("train")
-    calibration = [((train_x[i:i + 1].float() / 255.0 - MEAN) / STD)[:, None].numpy() for i in range(64)]
+    x, y = normalize(x[:args.test_images]), y[:args.test_images]
+    calibration = calibration_images()
     out_dir = pathlib.Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -162,7 +160,8 @@ def main(argv=None) -> int:
                                iterations=args.iterations, repeats=args.repeats)
         for r, result in zip(rows, results):
             r[column] = result.median_ms
-            r[column.replace("latency_ms", "speedup")] = rows[0][column] / result.median_ms if r is not rows[0] else 1.0
+        for r in rows:
+            r[column.replace("latency_ms", "speedup")] = rows[0][column] / r[column]
     run_id, cpu = time.strftime("%Y-%m-%dT%H:%M"), cpu_identity()  # latencies compare only within one CPU and run
     for r in rows:
         r["ir"], r["ir_int8"] = str(r["ir"]), str(r["ir_int8"])
