@@ -38,9 +38,11 @@ method; pruning then matches the FLOPs ratio of the search row, as at any budget
 
 ``--lr`` sets the fine-tuning learning rate of every row of a run (SGD, cosine decay; default 0.01, the rate of every
 row made before rows recorded ``lr``); rows of several rates are kept apart (their IRs get a ``_lr<rate>`` suffix).
-``--val-size N`` adds ``val_accuracy``, on the last N training images, which the fine-tuning never sees (the base
-model was trained on them, so it favours staying close to the base model): the report chooses a learning rate per
-method and budget on it, never on the test accuracy. ``--td-options JSON`` merges keys into the tensor_decomposition
+``--val-size N`` adds ``val_accuracy``, on the last N training images, which the fine-tuning never sees: the report
+chooses a learning rate per method and budget on it, never on the test accuracy. The default base model was trained
+on them, so that split favours staying close to the base model; ``--base-holdout N`` starts from a base model
+trained without the last N training images (cached apart, ``_h<N>``; trained first if missing) and makes the split
+unbiased (--val-size at most N). Rows record ``base_holdout``, and --resume refuses rows of another base model. ``--td-options JSON`` merges keys into the tensor_decomposition
 block of every row of a run (e.g. ``'{"rank_learning": {"num_epochs": 1}}'``; only methods with that block): rows
 record it as ``options`` (canonical JSON) and are kept apart from the other settings like a learning rate (IRs get
 an ``_o<keys and values>`` suffix); the report chooses among settings on ``val_accuracy`` the same way.
@@ -306,6 +308,18 @@ def row_tag(method: str, budget: str, seed: int, lr: float = DEFAULT_LR, options
     return f"{method.replace('+', '_')}_{budget.replace(':', '').replace('+', '_')}" + suffix
 
 
+def other_base_model(rows: list[dict], holdout: int) -> str:
+    """Why ``rows`` cannot join a run from the base model trained without the last ``holdout`` training images (a
+    row of another base model: its accuracies are not comparable), or "" when they can. Rows without
+    ``base_holdout`` come from runs before it was recorded, all from the base model trained on every image."""
+    for r in rows:
+        if r.get("base_holdout", 0) != holdout:
+            return (f"its {r['method']} row at {r.get('budget')} fine-tuned the base model trained without the last "
+                    f"{r.get('base_holdout', 0)} training images, this run --base-holdout {holdout}: rows of two "
+                    f"base models cannot be compared")
+    return ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="output rows")
@@ -341,6 +355,9 @@ def main(argv=None) -> int:
     parser.add_argument("--val-size", type=int, default=0,
                         help="also report val_accuracy on the last N training images (not in --train-subset; the "
                              "base model saw them, the fine-tuning did not): the split to choose a learning rate on")
+    parser.add_argument("--base-holdout", type=int, default=0,
+                        help="start from the base model trained without the last N training images (an unbiased "
+                             "--val-size split of at most N; cached apart and trained first if missing)")
     parser.add_argument("--train-subset", type=int)
     parser.add_argument("--test-subset", type=int)
     parser.add_argument("--kd", action="store_true",
@@ -395,17 +412,24 @@ def main(argv=None) -> int:
         widths = tuple(int(w) for w in args.widths.split(","))
     except ValueError:
         parser.error(f"--widths must be 4 comma-separated integers, got {args.widths!r}")
-    base, _ = get_trained_resnet_fmnist(widths, args.base_epochs)
-    train_loader, test_loader = fashion_mnist_loaders(128, train_subset=args.train_subset)
+    holdout = args.base_holdout
+    if holdout and args.val_size > holdout:
+        parser.error(f"--val-size {args.val_size} is more than --base-holdout {holdout}: the validation split would "
+                     f"hold images the base model was trained on")
+    x, y = load_fashion_mnist("train")
+    total = len(y)
+    if not 0 <= holdout < total or (args.train_subset or 0) + holdout > total:
+        parser.error(f"--base-holdout {holdout} must be in [0, {total}) and leave the --train-subset "
+                     f"{args.train_subset} images apart (the training set has {total})")
+    train_loader, test_loader = fashion_mnist_loaders(128, train_subset=args.train_subset, holdout=holdout)
     val_loader = None
     if args.val_size:
-        x, y = load_fashion_mnist("train")
-        total = len(y)
-        if args.val_size < 0 or (args.train_subset or total) + args.val_size > total:
+        if args.val_size < 0 or (args.train_subset or total - holdout) + args.val_size > total:
             parser.error(f"--val-size {args.val_size} must be positive and leave the --train-subset "
-                         f"{args.train_subset or total} images apart (the training set has {total})")
+                         f"{args.train_subset or total - holdout} images apart (the training set has {total})")
         val_loader = torch.utils.data.DataLoader(
             FashionMNISTDataset(x[total - args.val_size:], y[total - args.val_size:], False), batch_size=512)
+    base, _ = get_trained_resnet_fmnist(widths, args.base_epochs, holdout=holdout)
     if args.test_subset:
         test_loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(test_loader.dataset, range(args.test_subset)), batch_size=512)
@@ -413,7 +437,11 @@ def main(argv=None) -> int:
     example = torch.randn(*INPUT)
     prior = {}
     if args.resume:
-        for r in json.loads(pathlib.Path(args.resume).read_text()):
+        resumed = json.loads(pathlib.Path(args.resume).read_text())
+        other_base = other_base_model(resumed, holdout)
+        if other_base:
+            parser.error(f"--resume {args.resume}: {other_base}")
+        for r in resumed:
             if "error" in r:
                 continue
             r.setdefault("seed", None if r["method"] == "dense" else 0)
@@ -533,6 +561,7 @@ def main(argv=None) -> int:
         r.setdefault("test_subset", args.test_subset)
         r.setdefault("knowledge_distillation", args.kd)
         r.setdefault("widths", list(widths))
+        r.setdefault("base_holdout", holdout)
     write_and_print(rows, COLUMNS, args.json)
     summary = [r for r in aggregate(rows) if r.get("seeds")]
     if summary:

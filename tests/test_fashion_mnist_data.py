@@ -68,6 +68,14 @@ def test_loaders_on_a_fake_data_dir(tmp_path):
     assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert len(train) == 2  # 40 // 16, the partial batch dropped
     assert sum(len(y) for _, y in test) == 12
+    # holdout leaves the last images out of training (a validation split), train_subset keeps the first of the rest
+    images, _ = fm.load_fashion_mnist("train", data_dir=tmp_path)
+    held, _ = fm.fashion_mnist_loaders(batch_size=16, data_dir=tmp_path, holdout=10)
+    assert len(held.dataset) == 30 and torch.equal(held.dataset.x, fm.normalize(images[:30])[:, 0])
+    assert len(fm.fashion_mnist_loaders(batch_size=4, data_dir=tmp_path, holdout=10, train_subset=8)[0].dataset) == 8
+    for bad in (-1, 40):
+        with pytest.raises(ValueError, match=f"holdout must be in \\[0, 40\\) training images, got {bad}"):
+            fm.fashion_mnist_loaders(data_dir=tmp_path, holdout=bad)
 
 
 # ----------------------------------------------------------------------------------------------- real data set
@@ -170,6 +178,8 @@ def test_cache_hit_loads_without_training(tmp_path, monkeypatch):
     reference = fm.ResNetFMNIST(widths)
     weights, sidecar = fm.cache_paths(widths, epochs=7, seed=1, cache_dir=tmp_path)
     assert weights.name == "resnet_fmnist_w4-8-8-8_e7_s1.pth" and sidecar.suffix == ".json"
+    assert fm.cache_paths(widths, epochs=7, seed=1, cache_dir=tmp_path, holdout=10000)[0].name == \
+        "resnet_fmnist_w4-8-8-8_e7_s1_h10000.pth"  # a model trained without the last 10000 images is cached apart
     torch.save(reference.state_dict(), weights)
     sidecar.write_text(json.dumps({"test_accuracy": 0.93, "epochs": 7, "seconds": 1.0, "widths": list(widths)}))
     monkeypatch.setattr(fm, "train", lambda *a, **k: pytest.fail("a cache hit must not train"))

@@ -3,7 +3,8 @@ recorded canonically, kept apart in row keys and IR names, and bad values refuse
 
 import pytest
 
-from benchmarks.finetune import main, merge_options, options_slug, parse_options, row_key, row_tag, td_block
+from benchmarks.finetune import (main, merge_options, options_slug, other_base_model, parse_options, row_key, row_tag,
+                                 td_block)
 
 
 def test_options_merge_into_the_block_and_are_canonical():
@@ -60,3 +61,19 @@ def test_pruning_options_merge_into_the_pruning_block_but_not_its_target(capsys)
         main(["--json", "unused.json", "--methods", "filter_pruning,rank_learning",
               "--pruning-options", '{"params": {"pruning_steps": 1}}'])
     assert "not ['rank_learning']" in capsys.readouterr().err
+
+
+def test_a_validation_split_the_base_model_was_trained_on_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--json", "unused.json", "--base-holdout", "5000", "--val-size", "10000"])
+    assert "--val-size 10000 is more than --base-holdout 5000" in capsys.readouterr().err
+
+
+def test_rows_of_another_base_model_are_not_resumed():
+    old = [{"method": "dense", "budget": "-"}, {"method": "rank_learning", "budget": "params:5"}]  # before the key
+    assert other_base_model(old, 0) == ""
+    message = other_base_model(old, 10000)
+    assert "dense row at -" in message and "without the last 0 training images" in message
+    assert "--base-holdout 10000" in message
+    new = [dict(r, base_holdout=10000) for r in old]
+    assert other_base_model(new, 10000) == "" and "without the last 10000" in other_base_model(new, 0)

@@ -158,14 +158,18 @@ class FashionMNISTDataset(torch.utils.data.Dataset):
 
 
 def fashion_mnist_loaders(batch_size: int = 128, augment: bool = True, train_subset: Optional[int] = None,
-                          test_batch_size: int = 512, data_dir: pathlib.Path = DATA_DIR):
+                          test_batch_size: int = 512, data_dir: pathlib.Path = DATA_DIR, holdout: int = 0):
     """(train_loader, test_loader) of normalised [B, 1, 28, 28] float32 images and int64 labels. The train loader
     shuffles, drops the last partial batch and, with ``augment``, applies pad-2 random crop + horizontal flip;
-    ``train_subset`` keeps only the first N training images (quick runs). The test loader is neither shuffled nor
-    augmented."""
+    ``holdout`` leaves out the last N training images (a validation split the model never sees), ``train_subset``
+    keeps only the first N of the rest (quick runs). The test loader is neither shuffled nor augmented."""
     if batch_size < 1 or test_batch_size < 1:
         raise ValueError(f"batch sizes must be positive, got {batch_size}, {test_batch_size}")
     xtr, ytr = load_fashion_mnist("train", data_dir)
+    if not 0 <= holdout < len(ytr):
+        raise ValueError(f"holdout must be in [0, {len(ytr)}) training images, got {holdout}")
+    if holdout:
+        xtr, ytr = xtr[:len(ytr) - holdout], ytr[:len(ytr) - holdout]
     if train_subset:
         xtr, ytr = xtr[:train_subset], ytr[:train_subset]
     xte, yte = load_fashion_mnist("test", data_dir)
@@ -319,9 +323,12 @@ def measure_epoch_seconds(widths: Sequence[int] = DEFAULT_WIDTHS, batch_size: in
 
 
 def cache_paths(widths: Sequence[int] = DEFAULT_WIDTHS, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
-                cache_dir: pathlib.Path = CACHE_DIR) -> tuple[pathlib.Path, pathlib.Path]:
-    """(state_dict .pth, sidecar .json) of the cached model of these widths, epochs and seed."""
+                cache_dir: pathlib.Path = CACHE_DIR, holdout: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+    """(state_dict .pth, sidecar .json) of the cached model of these widths, epochs, seed and held-out images
+    (``_h{N}`` in the name when the last N training images were left out of its training)."""
     stem = f"resnet_fmnist_w{'-'.join(str(int(w)) for w in widths)}_e{int(epochs)}_s{int(seed)}"
+    if holdout:
+        stem += f"_h{int(holdout)}"
     cache_dir = pathlib.Path(cache_dir).expanduser()
     return cache_dir / f"{stem}.pth", cache_dir / f"{stem}.json"
 
@@ -338,15 +345,17 @@ def _write_atomic(path: pathlib.Path, write) -> None:
 
 def get_trained_resnet_fmnist(widths: Sequence[int] = DEFAULT_WIDTHS, epochs: int = DEFAULT_EPOCHS,
                               cache_dir: pathlib.Path = CACHE_DIR, min_accuracy: float = 0.92, seed: int = 0,
-                              retrain: bool = False, verbose: bool = True) -> tuple[ResNetFMNIST, dict]:
+                              retrain: bool = False, verbose: bool = True,
+                              holdout: int = 0) -> tuple[ResNetFMNIST, dict]:
     """A trained ResNetFMNIST (eval mode) and its sidecar info, loaded from the cache or trained now and cached.
 
-    The cache file name holds widths, epochs and seed (see ``cache_paths``); the sidecar JSON holds accuracy
-    (= test_accuracy, on the 10k test images), epochs, seconds (training wall time), seconds_per_epoch, widths,
-    seed and threads. Training takes tens of minutes on 2 cores (see the module docstring) and uses the current
+    The cache file name holds widths, epochs, seed and ``holdout`` (see ``cache_paths``); the sidecar JSON holds
+    accuracy (= test_accuracy, on the 10k test images), epochs, seconds (training wall time), seconds_per_epoch,
+    widths, seed, threads and holdout. ``holdout=N`` trains on all but the last N training images, so that they
+    are an unbiased validation split for the benchmarks that fine-tune this model (``finetune.py --val-size``). Training takes tens of minutes on 2 cores (see the module docstring) and uses the current
     torch thread count. A model below ``min_accuracy`` is still cached (retraining with the same seed would give
     the same result) but a warning is printed, at training time and at every load."""
-    weights, sidecar = cache_paths(widths, epochs, seed, cache_dir)
+    weights, sidecar = cache_paths(widths, epochs, seed, cache_dir, holdout)
     model = ResNetFMNIST(widths)
     if weights.exists() and not retrain:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -355,7 +364,7 @@ def get_trained_resnet_fmnist(widths: Sequence[int] = DEFAULT_WIDTHS, epochs: in
         else:  # weights without sidecar (e.g. copied by hand): measure and record what can be measured
             accuracy = evaluate(model, fashion_mnist_loaders()[1], verbose)
             info = {"accuracy": accuracy, "test_accuracy": accuracy, "epochs": epochs, "seconds": None,
-                    "seconds_per_epoch": None, "widths": list(model.widths), "seed": seed}
+                    "seconds_per_epoch": None, "widths": list(model.widths), "seed": seed, "holdout": holdout}
             _write_atomic(sidecar, lambda p: p.write_text(json.dumps(info, indent=2)))
         info.setdefault("accuracy", info.get("test_accuracy"))
         _report(info, weights, min_accuracy, verbose, "loaded")
@@ -364,10 +373,11 @@ def get_trained_resnet_fmnist(widths: Sequence[int] = DEFAULT_WIDTHS, epochs: in
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = ResNetFMNIST(widths)  # initialised under the seed
-    train_loader, test_loader = fashion_mnist_loaders()
+    train_loader, test_loader = fashion_mnist_loaders(holdout=holdout)
     if verbose:
         print(f"training ResNetFMNIST{tuple(model.widths)} for {epochs} epochs on {torch.get_num_threads()} "
-              f"threads ({len(train_loader)} steps per epoch); it will be cached as {weights}", flush=True)
+              f"threads ({len(train_loader)} steps per epoch, {len(train_loader.dataset)} images); it will be cached "
+              f"as {weights}", flush=True)
     start = time.perf_counter()
     history = train(model, epochs, train_loader, progress=verbose)
     seconds = time.perf_counter() - start
@@ -375,7 +385,7 @@ def get_trained_resnet_fmnist(widths: Sequence[int] = DEFAULT_WIDTHS, epochs: in
     info = {"accuracy": accuracy, "test_accuracy": accuracy, "epochs": epochs, "seconds": seconds,
             "seconds_per_epoch": [round(h["seconds"], 1) for h in history], "widths": list(model.widths),
             "seed": seed, "threads": torch.get_num_threads(), "batch_size": train_loader.batch_size,
-            "final_train_loss": history[-1]["loss"]}
+            "final_train_loss": history[-1]["loss"], "holdout": holdout}
     weights.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(weights, lambda p: torch.save(model.state_dict(), p))
     _write_atomic(sidecar, lambda p: p.write_text(json.dumps(info, indent=2)))
@@ -409,6 +419,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=pathlib.Path, default=CACHE_DIR)
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="leave the last N training images out of training (an unbiased validation split)")
     parser.add_argument("--retrain", action="store_true", help="train even if the cache exists (overwrites it)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the machine's cores)")
     parser.add_argument("--steps", type=int, default=30, help="--time-epoch: steps to time")
@@ -418,17 +430,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.time_epoch:
         print(json.dumps(measure_epoch_seconds(widths, steps=args.steps), indent=2))
     elif args.eval:
-        weights, _ = cache_paths(widths, args.epochs, args.seed, args.cache_dir)
+        weights, _ = cache_paths(widths, args.epochs, args.seed, args.cache_dir, args.holdout)
         if not weights.exists():
             parser.error(f"no cached model at {weights}; create it with --train")
-        model, info = get_trained_resnet_fmnist(widths, args.epochs, args.cache_dir, seed=args.seed, verbose=False)
+        model, info = get_trained_resnet_fmnist(widths, args.epochs, args.cache_dir, seed=args.seed, verbose=False,
+                                                holdout=args.holdout)
         start = time.perf_counter()
         accuracy = evaluate(model, fashion_mnist_loaders()[1])
         print(json.dumps({"test_accuracy": accuracy, "sidecar_accuracy": info.get("accuracy"),
                           "eval_seconds": time.perf_counter() - start, "weights": str(weights)}, indent=2))
     else:
         _, info = get_trained_resnet_fmnist(widths, args.epochs, args.cache_dir, seed=args.seed,
-                                            retrain=args.retrain)
+                                            retrain=args.retrain, holdout=args.holdout)
         print(json.dumps(info, indent=2))
     return 0
 
