@@ -163,10 +163,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _group(r: dict) -> tuple:
+    return r["method"], r["budget"], _lr(r), _options(r)
+
+
+def paired_difference(rows: list[dict], a: dict, b: dict):
+    """(seeds, mean, standard error) of the test-accuracy difference a - b (in points) over the seeds that both
+    settings ran (``a`` and ``b`` are aggregated rows; the same seed is the same data order and augmentation, so
+    the pairs share part of their noise), or None with fewer than two shared seeds."""
+    def by_seed(group):
+        return {r.get("seed", 0): r["test_accuracy"] for r in _ok(rows) if _group(r) == group}
+
+    sa, sb = by_seed(_group(a)), by_seed(_group(b))
+    shared = sorted(set(sa) & set(sb))
+    if len(shared) < 2:
+        return None
+    diffs = [100 * (sa[s] - sb[s]) for s in shared]
+    mean = sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    return shared, mean, se
+
+
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
     """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged, one setting per
-    method and budget: ``select_setting``)."""
-    rows = select_setting(aggregate(rows))
+    method and budget: ``select_setting``). Where ours and the other method share two or more seeds, the evidence
+    adds the paired difference over them with its standard error (the target itself compares the means)."""
+    raw, rows = rows, select_setting(aggregate(rows))
     results = []
     budgets = sorted({r["budget"] for r in rows if r["method"] != "dense"})
     for budget in budgets:
@@ -185,9 +207,12 @@ def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
                                 drop <= limit, f"{_name(best)} {-drop:+.2f} points vs dense at {reached:.2f}x {metric}"))
         others = [r for r in at if r["method"] in ("uniform+finetune", "filter_pruning")]
         for other in others:
+            paired = paired_difference(raw, best, other)
             results.append((f"{budget}: ours ahead of {other['method']}", best["test_accuracy"] > other["test_accuracy"],
                             f"{_name(best)} {100 * best['test_accuracy']:.2f}% vs {_name(other)} "
-                            f"{100 * other['test_accuracy']:.2f}%"))
+                            f"{100 * other['test_accuracy']:.2f}%" +
+                            (f"; paired over seeds {','.join(map(str, paired[0]))}: {paired[1]:+.2f} +- "
+                             f"{paired[2]:.2f} points (standard error)" if paired else "")))
     pruning = [r for r in rows if r["method"] == "filter_pruning"]
     ours = [r for r in rows if r["method"] in OURS]
     for key, label in LATENCIES:

@@ -3,7 +3,7 @@ speedups over the dense IR of their own run, and the pruning-domination target u
 
 import pytest
 
-from benchmarks.finetune_report import aggregate, rescale, select_setting, table, targets
+from benchmarks.finetune_report import aggregate, paired_difference, rescale, select_setting, table, targets
 
 
 def _row(method, budget, acc, ms, dense_ms, seed=0):
@@ -124,3 +124,20 @@ def test_seeds_timed_on_different_cpus_get_no_mean_latency_without_a_timed_dense
     assert mixed["test_accuracy"] == pytest.approx(0.924)
     one_cpu = next(r for r in aggregate([dense, amx, same]) if r["method"] == "filter_pruning")
     assert one_cpu["latency_ms_default"] == pytest.approx(0.75)
+
+
+def test_the_ahead_target_reports_the_paired_difference_over_shared_seeds():
+    """Seeds are paired (the same data order): the evidence gives the mean difference over the seeds both ran and
+    its standard error; one shared seed gives no pair statistics."""
+    rows = _rows()
+    ours = [dict(rows[1], seed=s, test_accuracy=a) for s, a in ((0, 0.9250), (1, 0.9240), (2, 0.9262), (5, 0.93))]
+    pruning = [dict(rows[2], seed=s, test_accuracy=a) for s, a in ((0, 0.9245), (1, 0.9242), (2, 0.9250))]
+    groups = aggregate([rows[0], *ours, *pruning])
+    a, b = (next(r for r in groups if r["method"] == m) for m in ("search+finetune", "filter_pruning"))
+    seeds, mean, se = paired_difference([rows[0], *ours, *pruning], a, b)
+    assert seeds == [0, 1, 2] and mean == pytest.approx(0.05)  # +0.05, -0.02, +0.12 points; seed 5 has no pair
+    assert se == pytest.approx(0.07 / 3 ** 0.5 * 1)  # sample std of (0.05, -0.02, 0.12) is 0.07
+    evidence = dict((name, ev) for name, _, ev in targets([rows[0], *ours, *pruning]))[
+        "params:5: ours ahead of filter_pruning"]
+    assert "paired over seeds 0,1,2: +0.05 +- 0.04 points" in evidence
+    assert paired_difference([rows[0], ours[0], pruning[0], pruning[1]], a, b) is None
