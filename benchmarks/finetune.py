@@ -308,6 +308,21 @@ def row_tag(method: str, budget: str, seed: int, lr: float = DEFAULT_LR, options
     return f"{method.replace('+', '_')}_{budget.replace(':', '').replace('+', '_')}" + suffix
 
 
+def measure_column(irs: list, label: str, threads: int, iterations: int, repeats: int) -> tuple[list, str]:
+    """(measure_many results, precision hint) of one latency column: every IR at one precision, the CPU's default,
+    or f32 for all of them if OpenVINO cannot compile one of the IRs at the default (seen for the INT8 IRs of this
+    network on AVX512-BF16 CPUs without AMX: "No suitable implementations"); INT8 layers run in INT8 either way,
+    the hint sets the precision of the rest. Repeats interleaved, each repeat of each IR in its own process."""
+    try:
+        return measure_many([(str(ir), INPUT) for ir in irs], precision="default", threads=threads,
+                            iterations=iterations, repeats=repeats), "default"
+    except RuntimeError as e:
+        print(f"{label} at the default precision failed ({str(e).strip().splitlines()[-1][:160]}); timing every IR "
+              f"of it at f32", flush=True)
+    return measure_many([(str(ir), INPUT) for ir in irs], precision="f32", threads=threads, iterations=iterations,
+                        repeats=repeats), "f32"
+
+
 def other_base_model(rows: list[dict], holdout: int) -> str:
     """Why ``rows`` cannot join a run from the base model trained without the last ``holdout`` training images (a
     row of another base model: its accuracies are not comparable), or "" when they can. Rows without
@@ -537,20 +552,10 @@ def main(argv=None) -> int:
                   f"of its earlier timing run (dense there: {r.get('dense_latency_ms_default')} ms)")
     iterations, repeats = (30, 2) if args.quick else (100, 5)
     for key, latency_key in zip(("ir", "ir_int8"), LATENCY_KEYS) if timed else ():
-        # every row of a column at one precision: the CPU's default, or f32 for all of them if OpenVINO cannot
-        # compile one of the IRs at the default (seen for the INT8 IRs of this network on an AVX512-BF16 CPU:
-        # "No suitable implementations"); INT8 layers run in INT8 either way, the hint sets the precision of the rest
-        for precision in ("default", "f32"):
-            try:  # interleaved, each repeat of each IR in its own process
-                results = measure_many([(r[key], INPUT) for r in timed], precision=precision,
-                                       threads=args.latency_threads, iterations=iterations, repeats=repeats)
-            except RuntimeError as e:
-                print(f"{latency_key} at {precision} precision failed ({str(e).strip().splitlines()[-1][:160]}); "
-                      f"timing every row of it at f32")
-                continue
-            for r, result in zip(timed, results):
-                r[latency_key], r[latency_key.replace("latency_ms", "precision")] = result.median_ms, precision
-            break
+        results, precision = measure_column([r[key] for r in timed], latency_key, args.latency_threads, iterations,
+                                            repeats)
+        for r, result in zip(timed, results):
+            r[latency_key], r[latency_key.replace("latency_ms", "precision")] = result.median_ms, precision
     run_id, cpu = time.strftime("%Y-%m-%dT%H:%M"), cpu_identity()
     for r in timed:  # rows[0] is this run's dense row, always timed
         r["timing_run"], r["timing_cpu"] = run_id, cpu

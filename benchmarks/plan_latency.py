@@ -6,7 +6,9 @@ IR and quantized to INT8 by NNCF's post-training quantization on the 64 training
 All IRs are then timed together with the dense IR and any --reference IRs: trained rows of benchmarks/finetune.py,
 whose INT8 IR is the file next to it named ``<name>_int8.xml``. Each IR runs in its own process, repeats
 interleaved, at the CPU's default precision and then in INT8 (both columns at the default precision hint, so on an
-AMX CPU the non-INT8 layers run in bf16).
+AMX CPU the non-INT8 layers run in bf16). A column that OpenVINO cannot compile at the default precision (the INT8
+IRs of this network on AVX512-BF16 CPUs without AMX) is timed at f32 for every IR, as in benchmarks/finetune.py;
+rows record the hint as precision_default / precision_int8.
 
     python benchmarks/plan_latency.py --widths 64,128,256,512 --base-epochs 3 --variants V.json \
         --reference pruning=out/fw/filter_pruning_params5_s3.xml --json OUT.json
@@ -39,10 +41,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from benchmarks.common import compress_with_config, logits, quiet_nncf, write_and_print  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     DEFAULT_EPOCHS, DEFAULT_WIDTHS, ResNetFMNIST, get_trained_resnet_fmnist, load_fashion_mnist, normalize)
-from benchmarks.finetune import INPUT, calibration_images, quantize_ir  # noqa: E402
+from benchmarks.finetune import INPUT, calibration_images, measure_column, quantize_ir  # noqa: E402
 from benchmarks.pruning import ir_cost  # noqa: E402
 from nncf_tdplugin import td_controller  # noqa: E402
-from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
+from nncf_tdplugin.export import export_openvino  # noqa: E402
 from nncf_tdplugin.latency_model.specs import cpu_identity  # noqa: E402
 
 COLUMNS = ["name", "kind", "params_ratio", "flops_ratio", "conv_nodes", "decomposed", "methods", "zero_shot_accuracy",
@@ -156,10 +158,10 @@ def main(argv=None) -> int:
         r["flops_ratio"] = dense_cost["macs"] / cost["macs"]
         r["conv_nodes"] = conv_nodes(r["ir"])
     for key, column in (("ir", "latency_ms_default"), ("ir_int8", "latency_ms_int8")):
-        results = measure_many([(str(r[key]), INPUT) for r in rows], precision="default", threads=args.threads,
-                               iterations=args.iterations, repeats=args.repeats)
+        results, precision = measure_column([r[key] for r in rows], column, args.threads, args.iterations,
+                                            args.repeats)
         for r, result in zip(rows, results):
-            r[column] = result.median_ms
+            r[column], r[column.replace("latency_ms", "precision")] = result.median_ms, precision
         for r in rows:
             r[column.replace("latency_ms", "speedup")] = rows[0][column] / r[column]
     run_id, cpu = time.strftime("%Y-%m-%dT%H:%M"), cpu_identity()  # latencies compare only within one CPU and run
