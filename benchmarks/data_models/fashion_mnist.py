@@ -29,7 +29,7 @@ Measured on this machine (2 CPU cores shared with other jobs, torch.set_num_thre
   **92.50 %**, 2563 s of training (~690 s per epoch when the cores were not shared; the first epoch shared them with
   test runs). Used for the accuracy-vs-latency comparison in docs/rank_learning.md ("ResNet-18 widths").
 * The same, trained without the last 10,000 training images (`--holdout 10000`, cached as `..._h10000`, 390 steps
-  per epoch) -> **92.28 %**, 2597 s on a 2-core AMX Xeon (2026-12-03). Those images are then a validation split
+  per epoch) -> **92.28 %**, 2597 s on a 2-core AMD EPYC (2026-12-03). Those images are then a validation split
   the base model never saw (`benchmarks/finetune.py --base-holdout 10000 --val-size 10000`; docs/rank_learning.md,
   "An unbiased validation split").
 
