@@ -28,7 +28,8 @@ after fine-tuning), baseline_accuracy, epochs, latency_ms_default (f32 IR at the
 latency_ms_int8 (the same IR quantized post-training by NNCF's OpenVINO backend on training images); each latency in
 its own processes (nncf_tdplugin.export.measure_many). The filter-pruning IR is made physically smaller with
 OpenVINO's pruning transformation (benchmarks/pruning.py). Pruning targets the FLOPs ratio that the search row of
-the same budget reached, gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as rank learning
+the same budget reached (the plain search's; where only the activation-aware search ran at that budget, the mean of
+its rows so far: ``flops_to_match``), gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as rank learning
 shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes. A budget
 ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
 its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
@@ -290,6 +291,22 @@ def compress_and_finetune(model, block, loaders, args, epochs):
     return ctrl, compressed
 
 
+SEARCH_METHODS = ("search+finetune", "search_aa+finetune")  # the rows whose FLOPs ratio pruning matches, in order
+
+
+def flops_to_match(rows, label: str) -> float | None:
+    """The FLOPs ratio filter_pruning targets at budget ``label``: that of the plain search rows of that budget
+    (deterministic, the same for every seed), or where there are none, the mean over the activation-aware search's
+    rows (its ranks depend a little on the calibration images, so its seeds can differ in the third digit); rows
+    with --td-options or an error do not count. None when neither ran."""
+    rows = [r for r in rows if r.get("budget") == label and not r.get("options") and "error" not in r]
+    for method in SEARCH_METHODS:
+        ratios = [r["flops_ratio"] for r in rows if r["method"] == method]
+        if ratios:
+            return float(np.mean(ratios))
+    return None
+
+
 def row_key(r: dict) -> tuple:
     """(method, budget, seed, lr, options) of a row; rows made before --seeds, --lr and --td-options were recorded ran
     at seed 0, lr 0.01, without options ("")."""
@@ -499,10 +516,8 @@ def main(argv=None) -> int:
     for budget in budgets:
         label = budget_label(budget)
         flops_target = dict([budget[:2], *budget[2]]).get("flops")
-        # the data-free search is deterministic: its FLOPs ratio is the same for every seed (an earlier run's search
-        # row sets the ratio that pruning matches when this run does not run the search)
-        search_flops = next((r["flops_ratio"] for (m, b, _, _, o), r in prior.items()
-                             if m == "search+finetune" and b == label and not o), None)
+        # the ratio pruning matches (an earlier run's search rows set it when this run does not run the search)
+        search_flops = flops_to_match(prior.values(), label)
         for seed, name in [(seed, name) for seed in seeds for name in methods]:
             if name == "dense+finetune":  # no budget: run once per seed, before the budgets (below)
                 continue
@@ -516,7 +531,6 @@ def main(argv=None) -> int:
             if key in prior:
                 row = prior[key]
                 rows.append(row)
-                search_flops = row["flops_ratio"] if name == "search+finetune" and not td_options else search_flops
                 print(f"== {where}: kept from {args.resume}")
                 continue
             print(f"== {where}", flush=True)
@@ -531,9 +545,9 @@ def main(argv=None) -> int:
                 rows.append({"method": name, "budget": label, "seed": seed, "lr": args.lr,
                              "options": method_options(name, args)[1] or None, "error": str(e)})
                 continue
-            if name == "search+finetune" and not td_options:
-                search_flops = row["flops_ratio"]
             rows.append(row)
+            if name in SEARCH_METHODS and not td_options:
+                search_flops = flops_to_match({id(r): r for r in rows + list(prior.values())}.values(), label)
             save_partial(rows)
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)

@@ -77,3 +77,19 @@ def test_rows_of_another_base_model_are_not_resumed():
     assert "--base-holdout 10000" in message
     new = [dict(r, base_holdout=10000) for r in old]
     assert other_base_model(new, 10000) == "" and "without the last 10000" in other_base_model(new, 0)
+
+
+def test_pruning_matches_the_plain_search_else_the_mean_of_the_activation_aware_search():
+    from benchmarks.finetune import flops_to_match
+
+    aa = [{"method": "search_aa+finetune", "budget": "latency:1.7+params:5", "seed": s, "flops_ratio": f}
+          for s, f in ((0, 2.80), (1, 2.82))]
+    other = [{"method": "search_aa+finetune", "budget": "latency:1.7", "flops_ratio": 2.48},
+             {"method": "search_aa+finetune", "budget": "latency:1.7+params:5", "flops_ratio": 9.0,
+              "options": '{"decomposition":{"activation_aware":false}}'},
+             {"method": "search_aa+finetune", "budget": "latency:1.7+params:5", "error": "refused"},
+             {"method": "filter_pruning", "budget": "latency:1.7+params:5", "flops_ratio": 2.81}]
+    assert flops_to_match(aa + other, "latency:1.7+params:5") == pytest.approx(2.81)
+    plain = {"method": "search+finetune", "budget": "latency:1.7+params:5", "flops_ratio": 2.5, "options": None}
+    assert flops_to_match(aa + other + [plain], "latency:1.7+params:5") == pytest.approx(2.5)
+    assert flops_to_match(aa + other, "flops:3") is None
