@@ -29,9 +29,9 @@ latency_ms_int8 (the same IR quantized post-training by NNCF's OpenVINO backend 
 its own processes (nncf_tdplugin.export.measure_many). The filter-pruning IR is made physically smaller with
 OpenVINO's pruning transformation (benchmarks/pruning.py). Pruning targets the FLOPs ratio that the search row of
 the same budget reached (the plain search's; where only the activation-aware search ran at that budget, the mean of
-its rows so far: ``flops_to_match``), gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as rank learning
-shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes. A budget
-``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
+its rows so far: ``flops_to_match``), gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as
+rank learning shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes.
+A budget ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
 its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
 ``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the f32 hint, as the INT8 column is timed.
 A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``), for every
@@ -546,8 +546,8 @@ def main(argv=None) -> int:
                              "options": method_options(name, args)[1] or None, "error": str(e)})
                 continue
             rows.append(row)
-            if name in SEARCH_METHODS and not td_options:
-                search_flops = flops_to_match({id(r): r for r in rows + list(prior.values())}.values(), label)
+            if name in SEARCH_METHODS:  # this run's rows replace the earlier run's of the same key
+                search_flops = flops_to_match({row_key(r): r for r in [*prior.values(), *rows]}.values(), label)
             save_partial(rows)
             print(f"   accuracy {row['test_accuracy']:.4f}, flops {row['flops_ratio']:.2f}x, params "
                   f"{row['params_ratio']:.2f}x, {row['seconds']:.0f} s", flush=True)
