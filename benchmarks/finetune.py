@@ -31,8 +31,8 @@ OpenVINO's pruning transformation (benchmarks/pruning.py). Pruning targets the F
 the same budget reached (the plain search's; where only the activation-aware search ran at that budget, the mean of
 its rows so far: ``flops_to_match``), gradually over the first epochs - 1 epochs (NNCF's exponential schedule), as
 rank learning shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes.
-A budget ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank learning:
-its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
+A budget ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank
+learning: its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
 ``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the f32 hint, as the INT8 column is timed.
 A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``), for every
 method; pruning then matches the FLOPs ratio of the search row, as at any budget.
