@@ -107,6 +107,22 @@ def test_cache_round_trip_and_context_keying(tmp_path):
         LatencyCache(ctx, tmp_path)
 
 
+def test_two_processes_filling_one_cache_keep_each_others_entries(tmp_path):
+    ctx = MeasurementContext(precision="f32", threads=1, cpu="cpu A", openvino="1.0")
+    first, second = LatencyCache(ctx, tmp_path), LatencyCache(ctx, tmp_path)  # both loaded before either saves
+    first.put("a", 0.5)
+    first.save()
+    second.put("b", 0.75)
+    second.put("a", 0.625)  # its own measurement of a key wins over the one on disk
+    second.save()
+    merged = LatencyCache(ctx, tmp_path)
+    assert merged.get("a") == 0.625 and merged.get("b") == 0.75 and len(merged) == 2
+    first.put("c", 1.0)
+    first.save()
+    assert LatencyCache(ctx, tmp_path).entries.keys() == {"a", "b", "c"}
+    assert LatencyCache(ctx, tmp_path).get("a") == 0.5  # the last saver's own value of "a"
+
+
 def test_measurements_fill_the_cache_once(tmp_path):
     ctx = MeasurementContext.here("f32", 1, warmup=2, iterations=5, repeats=2)
     cache = LatencyCache(ctx, tmp_path)
