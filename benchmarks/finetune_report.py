@@ -6,8 +6,9 @@ accuracy-vs-latency plot (one panel per latency column).
 Targets (issue 4), with "ours" = search+finetune (plain or activation-aware), rank_learning (either importance, or
 from an activation-aware decomposition) and
 pruning+search_aa (the activation-aware search on top of NNCF's filter pruning):
-- flops ~3x: the best of ours within 0.3 points of the dense model;
-- params ~5x: the best of ours within 1 point;
+- at a budget with ``flops:3``: the best of ours within 0.3 points of the dense model;
+- at a budget with ``params:5``: the best of ours within 1 point (other ratios, like the pruning stage ``flops:2`` of
+  ``pruning+search_aa``'s ``flops:2+latency:1.6``, answer neither);
 - at every budget, the best of ours ahead of uniform+finetune and filter_pruning in accuracy;
 - every filter_pruning point dominated by a point of ours (higher accuracy at equal or lower latency), for each
   latency column.
@@ -184,6 +185,17 @@ def paired_difference(rows: list[dict], a: dict, b: dict):
     return shared, mean, se
 
 
+ACCURACY_LIMITS = {"flops": 0.3, "params": 1.0}  # points below dense allowed at the issue's ratio of each metric
+TARGET_RATIOS = {"flops": 3.0, "params": 5.0}
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
     """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged, one setting per
     method and budget: ``select_setting``). Where ours and the other method share two or more seeds, the evidence
@@ -200,8 +212,10 @@ def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
         drop = 100 * (best["baseline_accuracy"] - best["test_accuracy"])
         for part in budget.split("+"):  # 'params:5+flops:3' (budget.additional) answers both accuracy targets
             metric, _, ratio = part.partition(":")
-            limit = {"flops": 0.3, "params": 1.0}.get(metric)
-            if limit is not None:
+            limit = ACCURACY_LIMITS.get(metric)
+            # the issue sets these limits at 3x FLOPs and 5x parameters only; another ratio (e.g. the pruning stage
+            # 'flops:2' of pruning+search_aa's 'flops:2+latency:1.6') is no such target
+            if limit is not None and _number(ratio) == TARGET_RATIOS[metric]:
                 reached = best["flops_ratio" if metric == "flops" else "params_ratio"]
                 results.append((f"{budget}: best of ours within {limit} points of dense at {metric}",
                                 drop <= limit, f"{_name(best)} {-drop:+.2f} points vs dense at {reached:.2f}x {metric}"))
