@@ -53,7 +53,7 @@ can be set against pruning's schedule tuned the same way.
 
 pruning+search_aa is decomposition on top of channel pruning: its budget ``flops:R+<metric>:R2`` prunes to R times
 fewer FLOPs (filter_pruning, gradually over epochs - 2 epochs, then one epoch at the final shapes), makes the pruned
-model physically smaller in torch (benchmarks/pruning.py, materialize_pruned_model), then decomposes it under
+model physically smaller in torch (nncf_tdplugin.materialize_pruned_model), then decomposes it under
 ``<metric>:R2`` with the activation-aware search and fine-tunes the last epoch (knowledge distillation from the
 pruned model in that stage).
 """
@@ -90,7 +90,8 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     get_trained_resnet_fmnist,
     load_fashion_mnist,
 )
-from benchmarks.pruning import export_pruned_ir, ir_cost, materialize_pruned_model, pruning_block  # noqa: E402
+from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
+from nncf_tdplugin import materialize_pruned_model  # noqa: E402
 from fashion_mnist_rank_learning import finetune  # noqa: E402
 from nncf_tdplugin import td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402

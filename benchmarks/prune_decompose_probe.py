@@ -1,8 +1,8 @@
 """How much faster can decomposition still make a channel-pruned network? A probe without training.
 
 For each FLOPs ratio R of --prune-flops, the cached Fashion-MNIST ResNet is pruned at once by NNCF's filter_pruning
-(no fine-tuning: only the shapes matter here), made physically smaller in torch (benchmarks/pruning.py,
-materialize_pruned_model), and handed to the latency-budgeted search with an unreachable target: the error it raises
+(no fine-tuning: only the shapes matter here), made physically smaller in torch
+(nncf_tdplugin.materialize_pruned_model), and handed to the latency-budgeted search with an unreachable target: the error it raises
 carries the best speed-up the per-layer OpenVINO cost model allows with every decomposable layer at its cheapest
 option (the ceiling of pruning+search_aa's second stage). R = 1 is the unpruned model.
 
@@ -33,7 +33,8 @@ from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     DEFAULT_EPOCHS, DEFAULT_WIDTHS, fashion_mnist_loaders, get_trained_resnet_fmnist)
 from benchmarks.finetune import INPUT, td_block  # noqa: E402
-from benchmarks.pruning import materialize_pruned_model, pruning_block  # noqa: E402
+from benchmarks.pruning import pruning_block  # noqa: E402
+from nncf_tdplugin import materialize_pruned_model  # noqa: E402
 from nncf_tdplugin.config import TDConfigError  # noqa: E402
 from nncf_tdplugin.rank_selection.base import BudgetUnreachableError  # noqa: E402
 

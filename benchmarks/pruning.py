@@ -42,49 +42,6 @@ def export_pruned_ir(ctrl, example_input: torch.Tensor, path) -> pathlib.Path:
     return path
 
 
-def materialize_pruned_model(ctrl, original: torch.nn.Module) -> torch.nn.Module:
-    """A plain torch copy of ``original`` with the pruned channels of a ``filter_pruning`` controller removed.
-
-    NNCF's own ``ModelPruner`` with ``PrunType.CUT_WEIGHTS`` (its ``strip()`` uses ``FILL_ZEROS``) propagates the
-    masks through the graph (residual adds included) and cuts the weights of a copy of the compressed model; each
-    Conv2d / BatchNorm2d / Linear of ``original`` is then replaced by a fresh module of the cut shape carrying the
-    cut weights, so the result has no NNCF wrapping and can be compressed again (decomposition on top of pruning).
-    """
-    import copy
-
-    from nncf.torch.pruning.operations import PT_PRUNING_OPERATOR_METATYPES, ModelPruner, PrunType
-
-    from nncf_tdplugin.nncf_integration._internals import free_kd_loss_storage
-
-    free_kd_loss_storage(ctrl.model)
-    cut = copy.deepcopy(ctrl.model)
-    ModelPruner(cut, cut.nncf.get_original_graph(), PT_PRUNING_OPERATOR_METATYPES, PrunType.CUT_WEIGHTS).prune_model()
-    plain = copy.deepcopy(original)
-    for name, module in list(plain.named_modules()):
-        if not isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)):
-            continue
-        src = cut.get_submodule(name)
-        # sizes from the cut weights: NNCF sets some size attributes to tensors (Linear.in_features = sum(mask))
-        shape = tuple(int(d) for d in src.weight.shape)
-        if isinstance(module, torch.nn.Conv2d):
-            new = torch.nn.Conv2d(shape[1] * src.groups, shape[0], src.kernel_size, src.stride, src.padding,
-                                  src.dilation, src.groups, src.bias is not None, src.padding_mode)
-        elif isinstance(module, torch.nn.Linear):
-            new = torch.nn.Linear(shape[1], shape[0], src.bias is not None)
-        else:
-            new = torch.nn.BatchNorm2d(shape[0], src.eps, src.momentum, src.affine, src.track_running_stats)
-            new.running_mean.copy_(src.running_mean.detach())  # CUT_WEIGHTS leaves them as frozen Parameters
-            new.running_var.copy_(src.running_var.detach())
-            new.num_batches_tracked.copy_(src.num_batches_tracked)
-        with torch.no_grad():
-            new.weight.copy_(src.weight)
-            if new.bias is not None:
-                new.bias.copy_(src.bias)
-        parent, _, attr = name.rpartition(".")
-        setattr(plain.get_submodule(parent) if parent else plain, attr, new)
-    return plain.train(original.training)
-
-
 def ir_cost(xml, input_shape) -> dict:
     """MACs and weight counts of the Convolution / GroupConvolution / MatMul ops of an IR at ``input_shape``
     (weights read from each op's weight input shape, so INT8 weights count the same as f32)."""

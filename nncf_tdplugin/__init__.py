@@ -41,6 +41,7 @@ from nncf_tdplugin.nncf_integration import register as _register  # noqa: E402
 _register()
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError  # noqa: E402
+from nncf_tdplugin.nncf_integration.pruning import materialize_pruned_model  # noqa: E402
 
 
 def validate_config(nncf_config) -> TDConfig:
@@ -59,4 +60,5 @@ def td_controller(ctrl):
     return next((c for c in getattr(ctrl, "child_ctrls", [ctrl]) if getattr(c, "name", None) == ALGO_NAME), None)
 
 
-__all__ = ["ALGO_NAME", "TDConfig", "TDConfigError", "__version__", "td_controller", "validate_config"]
+__all__ = ["ALGO_NAME", "TDConfig", "TDConfigError", "__version__", "materialize_pruned_model", "td_controller",
+           "validate_config"]

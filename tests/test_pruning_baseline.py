@@ -1,4 +1,4 @@
-"""NNCF's filter_pruning made physically smaller in torch (benchmarks/pruning.py, materialize_pruned_model): the plain
+"""NNCF's filter_pruning made physically smaller in torch (nncf_tdplugin.materialize_pruned_model): the plain
 model computes what the stripped NNCF model computes, with fewer channels, and can be decomposed again."""
 
 import copy
@@ -10,8 +10,8 @@ from nncf.torch import create_compressed_model, register_default_init_args
 from torch import nn
 
 from benchmarks.data_models.fashion_mnist import ResNetFMNIST
-from benchmarks.pruning import materialize_pruned_model, pruning_block
-from nncf_tdplugin import td_controller
+from benchmarks.pruning import pruning_block
+from nncf_tdplugin import materialize_pruned_model, td_controller
 
 
 def _loader():
@@ -60,3 +60,15 @@ def test_the_pruned_model_can_be_decomposed_again(pruned):
     stats = td_controller(td_ctrl).statistics().tensor_decomposition
     assert stats.achieved_ratio >= 1.5 - 1e-6
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_materializing_needs_a_pruning_controller_and_the_original_model(pruned):
+    base, ctrl = pruned
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]}, "compression": [
+        {"algorithm": "tensor_decomposition", "budget": {"metric": "params", "target_ratio": 1.5}}]})
+    td_ctrl, _ = create_compressed_model(copy.deepcopy(base), config)
+    with pytest.raises(ValueError, match="'filter_pruning'.*tensor_decomposition"):
+        materialize_pruned_model(td_ctrl, base)
+    other = nn.Sequential(nn.Conv2d(1, 4, 3))
+    with pytest.raises(ValueError, match="layer '0' of the original model"):
+        materialize_pruned_model(ctrl, other)
