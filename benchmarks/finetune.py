@@ -91,9 +91,8 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     load_fashion_mnist,
 )
 from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
-from nncf_tdplugin import materialize_pruned_model  # noqa: E402
 from fashion_mnist_rank_learning import finetune  # noqa: E402
-from nncf_tdplugin import td_controller  # noqa: E402
+from nncf_tdplugin import materialize_pruned_model, td_controller  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 from nncf_tdplugin.latency_model.specs import cpu_identity  # noqa: E402
 

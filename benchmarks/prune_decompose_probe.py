@@ -2,9 +2,9 @@
 
 For each FLOPs ratio R of --prune-flops, the cached Fashion-MNIST ResNet is pruned at once by NNCF's filter_pruning
 (no fine-tuning: only the shapes matter here), made physically smaller in torch
-(nncf_tdplugin.materialize_pruned_model), and handed to the latency-budgeted search with an unreachable target: the error it raises
-carries the best speed-up the per-layer OpenVINO cost model allows with every decomposable layer at its cheapest
-option (the ceiling of pruning+search_aa's second stage). R = 1 is the unpruned model.
+(nncf_tdplugin.materialize_pruned_model), and handed to the latency-budgeted search with an unreachable target: the
+error it raises carries the best speed-up the per-layer OpenVINO cost model allows with every decomposable layer at
+its cheapest option (the ceiling of pruning+search_aa's second stage). R = 1 is the unpruned model.
 
     python benchmarks/prune_decompose_probe.py --widths 64,128,256,512 --base-epochs 3 --json OUT.json
 

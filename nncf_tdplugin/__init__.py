@@ -41,6 +41,7 @@ from nncf_tdplugin.nncf_integration import register as _register  # noqa: E402
 _register()
 
 from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError  # noqa: E402
+from nncf_tdplugin.nncf_integration import controller_named  # noqa: E402
 from nncf_tdplugin.nncf_integration.pruning import materialize_pruned_model  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def validate_config(nncf_config) -> TDConfig:
 def td_controller(ctrl):
     """The ``tensor_decomposition`` controller in what ``create_compressed_model`` returned (a composite controller
     when the config has several algorithms), or None if there is none."""
-    return next((c for c in getattr(ctrl, "child_ctrls", [ctrl]) if getattr(c, "name", None) == ALGO_NAME), None)
+    return controller_named(ctrl, ALGO_NAME)
 
 
 __all__ = ["ALGO_NAME", "TDConfig", "TDConfigError", "__version__", "materialize_pruned_model", "td_controller",

@@ -6,6 +6,16 @@ from nncf_tdplugin.nncf_integration._internals import add_statistics_slot
 from nncf_tdplugin.nncf_integration.schema import register_schema
 
 
+def controllers(ctrl) -> list:
+    """The algorithm controllers in what ``create_compressed_model`` returned (one, or a composite's children)."""
+    return list(getattr(ctrl, "child_ctrls", [ctrl]))
+
+
+def controller_named(ctrl, name: str):
+    """The controller of algorithm ``name`` in what ``create_compressed_model`` returned, or None."""
+    return next((c for c in controllers(ctrl) if getattr(c, "name", None) == name), None)
+
+
 def register() -> None:
     """Make ``{"algorithm": "tensor_decomposition"}`` known to NNCF. Safe to call more than once."""
     from nncf.torch.algo_selector import PT_COMPRESSION_ALGORITHMS

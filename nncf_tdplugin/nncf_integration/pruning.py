@@ -16,13 +16,10 @@ import copy
 
 import torch
 
+from nncf_tdplugin.nncf_integration import controller_named, controllers
 from nncf_tdplugin.nncf_integration._internals import free_kd_loss_storage
 
 PRUNING_ALGO = "filter_pruning"
-
-
-def _pruning_controller(ctrl):
-    return next((c for c in getattr(ctrl, "child_ctrls", [ctrl]) if getattr(c, "name", None) == PRUNING_ALGO), None)
 
 
 def materialize_pruned_model(ctrl, original: torch.nn.Module) -> torch.nn.Module:
@@ -39,8 +36,8 @@ def materialize_pruned_model(ctrl, original: torch.nn.Module) -> torch.nn.Module
     """
     from nncf.torch.pruning.operations import PT_PRUNING_OPERATOR_METATYPES, ModelPruner, PrunType
 
-    if _pruning_controller(ctrl) is None:
-        names = [getattr(c, "name", type(c).__name__) for c in getattr(ctrl, "child_ctrls", [ctrl])]
+    if controller_named(ctrl, PRUNING_ALGO) is None:
+        names = [getattr(c, "name", type(c).__name__) for c in controllers(ctrl)]
         raise ValueError(f"materialize_pruned_model needs the controller of a config with '{PRUNING_ALGO}'; this "
                          f"one controls {names}")
     free_kd_loss_storage(ctrl.model)  # after knowledge-distillation training, or the copy fails
