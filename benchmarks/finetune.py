@@ -20,7 +20,9 @@ with the new ones, side by side (docs/rank_learning.md, "ResNet-18 widths", list
 row whose IRs are no longer in --out-dir keeps the latencies of its earlier timing run; every row carries the dense
 IR's latencies of the run that timed it (dense_latency_ms_*) and the CPU it ran on (timing_cpu: model, cores, ISA
 flags), and the report rescales rows of other runs on the same CPU by them (never across CPUs: a speed-up measured
-without AMX is not one with AMX).
+without AMX is not one with AMX). Every IR is timed compiled for the static input shape (timing_static_shapes; the
+decomposed and dense IRs are exported with a dynamic batch, the pruned ones static, and before session 22 each ran
+as exported: dynamic shapes cost ~10% on the decomposed INT8 IRs), and rows of runs timed otherwise are not compared.
 
 Rows: method, budget (metric:ratio), flops_ratio and params_ratio (MACs and weights of the Convolution/MatMul ops
 of the exported IRs, against the dense IR: the same count for every method, pruning included), test_accuracy (f32,
@@ -573,6 +575,7 @@ def main(argv=None) -> int:
     run_id, cpu = time.strftime("%Y-%m-%dT%H:%M"), cpu_identity()
     for r in timed:  # rows[0] is this run's dense row, always timed
         r["timing_run"], r["timing_cpu"] = run_id, cpu
+        r["timing_static_shapes"] = True  # measure_many compiles every IR for INPUT (dynamic batch reshaped)
         for key in LATENCY_KEYS:
             r[f"dense_{key}"] = rows[0].get(key)
     for r in rows:

@@ -16,8 +16,10 @@ A method and budget that ran with several seeds (finetune.py --seeds) enters the
 over the seeds (accuracy, ratios and latencies; no latency when its seeds were timed on different CPUs). Rows timed
 in an earlier run (their IRs gone) are rescaled to the file's dense timing by the dense latencies of their own run
 (``rescale``; the table marks them with "*"), if that run was on the same CPU (``timing_cpu``, or neither run
-recorded one); rows timed on another CPU keep their measurements only as ``<key>_other_cpu``, out of the plot and
-the latency targets (the table shows "other CPU").
+recorded one) and with the same input-shape handling (``timing_static_shapes``: since session 22 every IR is compiled
+for the static input shape; before, IRs exported with a dynamic batch ran dynamically shaped); other rows keep their
+measurements only as ``<key>_other_timing``, out of the plot and the latency targets (the table shows "other CPU"
+or "dynamic shapes").
 
 Rows of several fine-tuning settings are kept apart: the learning rate (finetune.py --lr; rows without ``lr`` ran at
 0.01) and the options merged into the method's block (finetune.py --td-options or --pruning-options, the row's
@@ -46,14 +48,27 @@ def _ok(rows):
     return [r for r in rows if "error" not in r and r.get("test_accuracy") is not None]
 
 
+def timing_mismatch(r: dict, dense: dict) -> str:
+    """Why latencies of row ``r`` cannot be compared with those of the ``dense`` row's timing run ("" if they can):
+    "other CPU" (``timing_cpu`` differs, or only one of them recorded it), or "dynamic shapes" (one of the two runs
+    timed IRs with a dynamic input dimension as exported, the other compiled every IR for the static input shape,
+    ``timing_static_shapes``)."""
+    if r.get("timing_cpu") != dense.get("timing_cpu"):
+        return "other CPU"
+    if bool(r.get("timing_static_shapes")) != bool(dense.get("timing_static_shapes")):
+        return "dynamic shapes"
+    return ""
+
+
 def rescale(rows: list[dict]) -> list[dict]:
     """Rows timed in another run than the file's dense row (finetune.py --resume after their IRs were gone), with
     each latency rescaled by the ratio of the dense IR's latencies of the two runs: the comparison is then between
     speedups over the dense model, each measured in its own run. The measured value stays in ``<key>_measured``.
 
-    Only on the same CPU: a row timed on another CPU than the dense row (``timing_cpu`` differs, or only one of
-    them recorded it) has its latencies moved to ``<key>_other_cpu`` (the ratio of two speed-ups measured on CPUs
-    with different kernels, AMX or not, says nothing)."""
+    Only under the same timing setup (:func:`timing_mismatch`): a row timed on another CPU than the dense row, or
+    with other input-shape handling, has its latencies moved to ``<key>_other_timing`` and the reason to
+    ``timing_mismatch`` (the ratio of two speed-ups measured on CPUs with different kernels, AMX or not, says
+    nothing; a dynamically shaped graph pays a per-node cost that a static one does not)."""
     dense = next((r for r in rows if r.get("method") == "dense"), None)
     out = []
     for r in rows:
@@ -62,8 +77,9 @@ def rescale(rows: list[dict]) -> list[dict]:
             own, ref = r.get(f"dense_{key}"), dense.get(key) if dense else None
             if r.get(key) is None or not own or not ref or abs(own - ref) <= 1e-12:
                 continue
-            if r.get("timing_cpu") != dense.get("timing_cpu"):
-                r[f"{key}_other_cpu"], r[key] = r[key], None
+            why = timing_mismatch(r, dense)
+            if why:
+                r[f"{key}_other_timing"], r[key], r["timing_mismatch"] = r[key], None, why
             else:
                 r[f"{key}_measured"], r[key], r[f"dense_{key}"] = r[key], r[key] * ref / own, ref
         out.append(r)
@@ -101,9 +117,10 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     accuracy_range=(min(r["test_accuracy"] for r in group), max(r["test_accuracy"] for r in group)))
         for key in MEAN_KEYS:
             timed = [r for r in group if r.get(key) is not None]
-            if key.startswith("latency_ms") and len({r.get("timing_cpu") for r in timed}) > 1:
-                # seeds timed on different CPUs and not moved aside by rescale (the file's dense row is untimed):
-                # their mean would mix speeds of different kernels
+            if key.startswith("latency_ms") and len({(r.get("timing_cpu"), bool(r.get("timing_static_shapes")))
+                                                     for r in timed}) > 1:
+                # seeds timed under different setups and not moved aside by rescale (the file's dense row is
+                # untimed): their mean would mix speeds of different kernels or shape handling
                 mean[key] = None
                 continue
             mean[key] = sum(r[key] for r in timed) / len(timed) if timed else None
@@ -149,8 +166,8 @@ def table(rows: list[dict]) -> str:
             value = r.get(key)
             suffix = "" if r.get(key.replace("latency_ms", "precision"), "default") == "default" else " (f32)"
             rescaled = "*" if r.get(f"{key}_measured") is not None else ""
-            if value is None and r.get(f"{key}_other_cpu") is not None:
-                return f"other CPU ({r[f'{key}_other_cpu']:.3f})"
+            if value is None and r.get(f"{key}_other_timing") is not None:
+                return f"{r['timing_mismatch']} ({r[f'{key}_other_timing']:.3f})"
             return "" if value is None else f"{value:.3f}{rescaled}{suffix}"
 
         seed = r.get("seed", None if r["method"] == "dense" else 0)  # rows made before --seeds ran at seed 0

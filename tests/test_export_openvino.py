@@ -157,6 +157,23 @@ def test_latency_is_measured_in_a_separate_process_with_precision_recorded(tmp_p
     assert result.profile_mean_ms > 0
 
 
+def test_latency_times_every_ir_at_the_static_input_shape(tmp_path):
+    # export_openvino leaves the batch dynamic (ov.convert_model's default); an IR converted with a fixed input is
+    # static. Both are compiled for the timed shape, so a dynamically shaped graph pays no per-inference shape
+    # inference that a static one does not.
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    dynamic_xml = export_openvino(net, torch.randn(*SIZE), tmp_path / "dynamic.xml")
+    assert ov.Core().read_model(str(dynamic_xml)).input(0).get_partial_shape().is_dynamic
+    static_xml = tmp_path / "static.xml"
+    ov.save_model(ov.convert_model(net.eval(), example_input=torch.randn(*SIZE), input=[tuple(SIZE)]),
+                  str(static_xml))
+    dynamic, static = measure_many([(dynamic_xml, SIZE), (static_xml, SIZE)], precision="f32", threads=1,
+                                   warmup=2, iterations=5, repeats=1)
+    assert dynamic.reshaped_from_dynamic and not static.reshaped_from_dynamic
+    with pytest.raises(RuntimeError, match=r"cannot take the timed shape \[1, 3, 8, 8\]"):
+        measure_latency(static_xml, [1, 3, 8, 8], precision="f32", threads=1, warmup=1, iterations=1, repeats=1)
+
+
 @pytest.mark.parametrize("interleave, expected", [(True, ["a", "b", "a", "b", "a", "b"]),
                                                   (False, ["a", "a", "a", "b", "b", "b"])])
 def test_measure_many_interleaves_repeats(tmp_path, monkeypatch, interleave, expected):

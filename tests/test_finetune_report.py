@@ -55,14 +55,25 @@ def test_rows_timed_on_another_cpu_are_not_rescaled_nor_compared():
     rows[0]["timing_cpu"] = rows[1]["timing_cpu"] = "Xeon | 2 cpus | avx512f+amx_tile"
     rows[2]["timing_cpu"] = "Xeon | 2 cpus | avx512f"  # the earlier run: no AMX, its speed-ups are not ours
     out = rescale(rows)
-    assert out[2]["latency_ms_default"] is None and out[2]["latency_ms_default_other_cpu"] == 3.5
+    assert out[2]["latency_ms_default"] is None and out[2]["latency_ms_default_other_timing"] == 3.5
     assert "latency_ms_default_measured" not in out[2] and out[1]["latency_ms_default"] == 3.0
-    assert rescale(out)[2]["latency_ms_default_other_cpu"] == 3.5  # idempotent
+    assert rescale(out)[2]["latency_ms_default_other_timing"] == 3.5  # idempotent
     assert "other CPU (3.500)" in table(rows).splitlines()[4]
     found = {name for name, _, _ in targets(rows)}
     assert "filter_pruning params:5 dominated (default precision)" not in found  # no comparable latency
     rows[2]["timing_cpu"] = None  # an earlier run that did not record its CPU: not comparable either
     assert rescale(rows)[2]["latency_ms_default"] is None
+
+
+def test_rows_timed_with_dynamic_shapes_are_not_compared_with_a_static_shape_run():
+    rows = _rows()
+    rows[0]["timing_static_shapes"] = rows[1]["timing_static_shapes"] = True  # this run: every IR static
+    out = rescale(rows)  # the earlier run timed IRs as exported (dynamic batch): a per-node cost static runs lack
+    assert out[2]["latency_ms_default"] is None and out[2]["latency_ms_default_other_timing"] == 3.5
+    assert out[2]["timing_mismatch"] == "dynamic shapes" and out[1]["latency_ms_default"] == 3.0
+    assert "dynamic shapes (3.500)" in table(rows).splitlines()[4]
+    rows[2]["timing_static_shapes"] = True  # the same setup: rescaled by the dense latencies as before
+    assert rescale(rows)[2]["latency_ms_default"] == pytest.approx(3.5 * 4.0 / 5.0)
 
 
 def _lr_rows(val_at_default):

@@ -43,6 +43,8 @@ class LatencyResult:
     profile_nodes_by_kernel: Optional[dict] = None  # executed nodes per inference, by "type:kernel"
     profile_mean_ms: Optional[float] = None  # the profiled run's own mean (counters on; node times are means too)
     xml: str = ""
+    # the IR declared a dynamic input dimension and was reshaped to the timed static shape before compiling
+    reshaped_from_dynamic: bool = False
 
 
 def _worker_env(threads: Optional[int]) -> dict:
@@ -94,7 +96,9 @@ def measure_many(models: Sequence[tuple], precision: str = "f32", threads: Optio
     """Latency of each ``(xml_path, input_shape)``, one :class:`LatencyResult` per model, in order.
 
     Each repeat is one worker process (compile, ``warmup`` untimed and ``iterations`` timed synchronous
-    inferences on random input). With ``interleave`` the repeats run A, B, A, B, ...; otherwise A, A, B, B.
+    inferences on random input). Every IR is compiled for the static ``input_shape``: one with a dynamic input
+    dimension (``ov.convert_model``'s default batch) is reshaped first, since a dynamically shaped graph pays shape
+    inference on every inference, per node, and would be slower the more nodes it has. With ``interleave`` the repeats run A, B, A, B, ...; otherwise A, A, B, B.
     ``profile`` adds one more run per model with OpenVINO's per-layer counters on, whose timings are discarded
     (the counters slow inference down); its times per layer type explain where a speedup comes from.
     """
@@ -123,6 +127,7 @@ def measure_many(models: Sequence[tuple], precision: str = "f32", threads: Optio
             profile_nodes_by_kernel=profiled.get("profile_nodes_by_kernel"),
             profile_mean_ms=float(np.mean(profiled["times_ms"])) if profiled else None,
             xml=str(xml),
+            reshaped_from_dynamic=bool(model_runs[0].get("reshaped_from_dynamic", False)),
         ))
     return results
 
