@@ -330,7 +330,8 @@ def row_tag(method: str, budget: str, seed: int, lr: float = DEFAULT_LR, options
 def measure_column(irs: list, label: str, threads: int, iterations: int, repeats: int) -> tuple[list, str]:
     """(measure_many results, precision hint) of one latency column: every IR at one precision, the CPU's default,
     or f32 for all of them if OpenVINO cannot compile one of the IRs at the default (seen for the INT8 IRs of this
-    network on AVX512-BF16 CPUs without AMX: "No suitable implementations"); INT8 layers run in INT8 either way,
+    network on AVX512-BF16 CPUs without AMX while they were compiled with a dynamic batch: "No suitable
+    implementations"; measure_many now compiles every IR for the static INPUT); INT8 layers run in INT8 either way,
     the hint sets the precision of the rest. Repeats interleaved, each repeat of each IR in its own process."""
     try:
         return measure_many([(str(ir), INPUT) for ir in irs], precision="default", threads=threads,

@@ -82,7 +82,8 @@ def finetune(ctrl, model, train_loader, epochs: int, lr: float, log=print, progr
 
 def latency(model_or_ctrl, example, path, threads) -> tuple[float, str]:
     """Median latency (ms) at the CPU's default precision; if OpenVINO cannot compile the IR at it (seen on an
-    AVX512-BF16 CPU for INT8 IRs of this network, with fixed ranks too), at f32. Returns (ms, precision)."""
+    AVX512-BF16 CPU for INT8 IRs of this network while they were compiled with a dynamic batch; the latency worker
+    now compiles for the static example shape), at f32. Returns (ms, precision)."""
     xml = export_openvino(model_or_ctrl, example, path)
     for precision in ("default", "f32"):
         try:
