@@ -35,7 +35,8 @@ its rows so far: ``flops_to_match``), gradually over the first epochs - 1 epochs
 rank learning shrinks its ranks over the first epochs - 1 epochs; both then fine-tune one epoch at the final shapes.
 A budget ``latency:R`` uses the per-layer OpenVINO cost model at the default precision and --latency-threads (rank
 learning: its grid, interpolated per rank); pruning then matches the FLOPs ratio of the search row. A budget
-``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the f32 hint, as the INT8 column is timed.
+``latency_int8:R`` is the same on INT8 layers (``latency.int8``) at the default precision, as the INT8 column is
+timed since session 22 (before, at the f32 hint: see measure_column).
 A budget ``params:5+flops:3`` asks for both (``budget.additional``: the first is ``budget.metric``), for every
 method; pruning then matches the FLOPs ratio of the search row, as at any budget.
 
@@ -181,13 +182,13 @@ def options_slug(options: str) -> str:
 
 def td_block(metric: str, ratio: float, method: str, epochs: int, update_every: int, steps_per_epoch: int,
              latency_threads: int, additional: tuple = ()) -> dict:
-    int8 = metric == "latency_int8"  # the latency of INT8 layers, timed as the INT8 rows are (f32 hint)
+    int8 = metric == "latency_int8"  # the latency of INT8 layers, timed as the INT8 rows are (default precision)
     metric = "latency" if int8 else metric
     block = {"algorithm": "tensor_decomposition", "budget": {"metric": metric, "target_ratio": ratio}}
     if additional:
         block["budget"]["additional"] = [{"metric": m, "target_ratio": r} for m, r in additional]
     if metric == "latency":  # the per-layer OpenVINO cost model, at the precision and threads the rows are timed at
-        block["latency"] = ({"precision": "f32", "int8": True, "threads": latency_threads} if int8
+        block["latency"] = ({"precision": "default", "int8": True, "threads": latency_threads} if int8
                             else {"precision": "default", "threads": latency_threads})
     if method == "uniform":
         block["rank_selection"] = "uniform"

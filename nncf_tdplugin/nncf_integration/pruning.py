@@ -4,7 +4,7 @@ NNCF's ``strip()`` only zeroes pruned filters: the shapes stay dense, and so doe
 a pruned network (pruning first, e.g. to 2x fewer FLOPs, then ``tensor_decomposition`` under a latency budget on the
 smaller network) needs the pruned channels removed from the torch model itself. In ``benchmarks/finetune.py``
 (``pruning+search_aa``; docs/rank_learning.md) that two-stage flow matches NNCF's pruning alone to 3x fewer FLOPs
-in test accuracy, is ahead on a validation split and slightly faster at the default precision on a no-AMX CPU;
+in test accuracy, is ahead on a validation split and ~9% faster at the default precision on a no-AMX CPU;
 in INT8 pruning alone stays faster:
 
     ctrl, model = create_compressed_model(model, config_with_filter_pruning)
