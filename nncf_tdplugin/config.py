@@ -171,6 +171,17 @@ TD_SCHEMA: dict[str, Any] = {
                                 "default precision, optimistic at f32 and INT8 here; see docs/latency.md); "
                                 "falls back to 'layers', with a warning, if the layers alone measure longer than "
                                 "the whole model."},
+                "whole_model_check": {"type": "integer", "minimum": 0, "default": 0,
+                                      "description": "Data-free selection with budget.scope 'model': after the "
+                                      "ranks are chosen, build the model with factor layers of those ranks, time it "
+                                      "end to end beside the dense model (INT8 mode: both quantized) and, unless "
+                                      "the measured speedup is within 5% above the target, select again at the "
+                                      "target corrected by the error (raised after a miss, lowered after an "
+                                      "overshoot), at most this many times (0: off). The plan keeps the least "
+                                      "compressed selection measured to meet the target, or the fastest one, with "
+                                      "a warning, if none did. The per-layer model leaves out what the whole graph "
+                                      "adds per node, which matters on small feature maps and in INT8 "
+                                      "(docs/latency.md)."},
                 "verify_rounds": {"type": "integer", "minimum": 0, "default": 3,
                                   "description": "Rounds of: select ranks, measure the chosen factorizations "
                                   "exactly, select again with the measurements, until nothing new is measured."},
@@ -482,6 +493,13 @@ class TDConfig:
                 f"{_path(['latency'])}: only used with budget.metric 'latency', but the metric is "
                 f"{budget['metric']!r}"
             )
+        if section.get("latency", {}).get("whole_model_check", 0):
+            reason = ("the ranks are learned in training after the initial selection" if "rank_learning" in section
+                      else "it times the whole model against the model's latency"
+                      if budget.get("scope", "model") != "model" else "")
+            if reason:
+                raise TDConfigError(f"{_path(['latency', 'whole_model_check'])}: needs a data-free selection with "
+                                    f"budget.scope 'model' ({reason}); set it to 0 or remove it")
         if section.get("method") == "auto" and selection != "search":
             raise TDConfigError(
                 f"{_path(['method'])}: 'auto' needs rank_selection 'search' (it compares methods by reconstruction "

@@ -320,3 +320,109 @@ def test_whole_model_calibration_falls_back_to_the_layers_when_the_layers_alone_
     assert lat["whole_model_ms"] == 1e-4 and "0.0001 ms end to end" in lat["calibration_fallback"]
     assert lat["fixed_ms"] >= 0 and lat["ms"] > 0 and lat["dense_ms"] > lat["ms"]
     assert lat["budget_met"] and lat["achieved_ratio"] >= target - 1e-9
+
+
+def _checked_plan(tmp_path, target, rounds=2):
+    import nncf
+    from nncf.torch import create_compressed_model
+
+    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": target},
+             "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
+                         "iterations": 10, "repeats": 2, "whole_model_check": rounds}}
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
+    ctrl, _ = create_compressed_model(ConvStack(), config)
+    return ctrl.plan
+
+
+def _fake_speedups(monkeypatch, speedups):
+    """plan_speedup reporting ``speedups`` in turn (dense 1 ms); returns the list of the plans it was asked to time
+    (layer name -> ranks of the decomposed layers)."""
+    from nncf_tdplugin.nncf_integration import latency_budget
+
+    calls = []
+
+    def fake(net, input_shape, model, choices):
+        calls.append({n: tuple(c.ranks) for n, c in choices.items() if not c.is_dense})
+        return 1.0, 1.0 / speedups[len(calls) - 1]
+
+    monkeypatch.setattr(latency_budget, "plan_speedup", fake)
+    return calls
+
+
+def _kept(plan) -> dict:
+    return {n: tuple(e["ranks"]) for n, e in plan["layers"].items()}
+
+
+def test_whole_model_check_selects_again_at_a_raised_target_after_a_miss(tmp_path, monkeypatch):
+    calls = _fake_speedups(monkeypatch, [1.01, 1.12])  # the per-layer plan misses 1.1 end to end, the next meets it
+    plan = _checked_plan(tmp_path, 1.1)
+    check = plan["latency"]["whole_model_check"]
+    first, second = check["rounds"]
+    assert first["selected_at"] == 1.1 and first["measured_ratio"] == pytest.approx(1.01)
+    assert second["selected_at"] == pytest.approx(1.1 * 1.1 / 1.01)  # raised by the miss
+    assert second["predicted_ratio"] >= second["selected_at"] - 1e-9
+    assert check["met"] and check["measured_ratio"] == pytest.approx(1.12) and len(calls) == 2
+    assert _kept(plan) == calls[1]  # the plan is the one that met the target
+    assert plan["latency"]["budget_met"]  # judged end to end
+
+
+def test_statistics_show_the_end_to_end_check(tmp_path, monkeypatch):
+    import nncf
+    from nncf.torch import create_compressed_model
+
+    _fake_speedups(monkeypatch, [1.01, 1.02])  # never meets 1.1
+    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": 1.1},
+             "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
+                         "iterations": 10, "repeats": 2, "whole_model_check": 1}}
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
+    ctrl, _ = create_compressed_model(ConvStack(), config)
+    assert not ctrl.plan["latency"]["budget_met"]
+    text = ctrl.statistics().to_str()
+    assert "Whole model, end to end" in text and "1.020x (2 timing(s)" in text and "NOT MET" in text
+
+
+def test_whole_model_check_lowers_the_target_after_an_overshoot(tmp_path, monkeypatch):
+    # 1.6x measured for a 1.3x budget removes more of the model than needed: the next selection asks less
+    calls = _fake_speedups(monkeypatch, [1.6, 1.33])
+    plan = _checked_plan(tmp_path, 1.3)
+    first, second = plan["latency"]["whole_model_check"]["rounds"]
+    assert second["selected_at"] == pytest.approx(1.3 * 1.3 / 1.6)
+    assert second["predicted_ratio"] < first["predicted_ratio"]
+    assert _kept(plan) == calls[1]  # both met: the less compressed one is kept
+
+
+def test_whole_model_check_keeps_the_fastest_selection_when_every_timing_misses(tmp_path, monkeypatch):
+    calls = _fake_speedups(monkeypatch, [1.01, 1.05, 1.03])  # all below 1.1; the second is the fastest
+    plan = _checked_plan(tmp_path, 1.1, rounds=2)
+    check = plan["latency"]["whole_model_check"]
+    if "stopped" in check["rounds"][-1]:  # a raised target the per-layer model cannot reach: fewer rounds
+        pytest.skip(f"selection stopped early on this machine: {check['rounds'][-1]['stopped']}")
+    assert [r["measured_ratio"] for r in check["rounds"]] == pytest.approx([1.01, 1.05, 1.03])
+    assert not check["met"] and check["measured_ratio"] == pytest.approx(1.05)
+    assert _kept(plan) == calls[1]
+
+
+def test_whole_model_check_restores_the_dense_layers_and_measures_real_speedups(tmp_path):
+    plan = _checked_plan(tmp_path, WHOLE_MODEL_TARGET, rounds=1)
+    check = plan["latency"]["whole_model_check"]
+    assert 1 <= len(check["rounds"]) <= 2
+    timed = [r["dense_ms"] / r["measured_ms"] for r in check["rounds"]]
+    assert all(r["dense_ms"] > 0 for r in check["rounds"])
+    assert [r["measured_ratio"] for r in check["rounds"]] == pytest.approx(timed)
+    met = [t for t in timed if t >= WHOLE_MODEL_TARGET]
+    assert check["measured_ratio"] == pytest.approx(min(met) if met else max(timed))
+    # the timing swapped random factor layers in and put the dense ones back: the plan decomposed the real weights
+    assert plan["layers"] and all(0 <= e["relative_error"] < 1 for e in plan["layers"].values())
+
+
+def test_whole_model_check_is_refused_where_it_cannot_apply():
+    import nncf
+    from nncf.torch import create_compressed_model
+
+    from nncf_tdplugin.config import TDConfigError
+
+    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": 1.2},
+             "latency": {"whole_model_check": 2}, "rank_learning": {"num_epochs": 2}}
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
+    with pytest.raises(TDConfigError, match=r"latency\.whole_model_check.*learned in training"):
+        create_compressed_model(ConvStack(), config)

@@ -44,6 +44,7 @@ class LatencySettings:
     repeats: int = 3
     verify_rounds: int = 3
     calibration: str = "layers"  # "layers" | "whole_model"
+    whole_model_check: int = 0  # rounds of end-to-end timing of the chosen plan and re-selection (0: off)
 
 
 def _grid(allowed: Sequence[int], points: int) -> list[int]:

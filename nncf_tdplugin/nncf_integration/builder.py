@@ -41,6 +41,7 @@ from nncf_tdplugin.nncf_integration.activation_stats import collect_input_moment
 from nncf_tdplugin.nncf_integration.graph_layers import GraphLayer, find_weighted_layers
 from nncf_tdplugin.nncf_integration.latency_budget import (
     attach_latency_costs,
+    check_whole_model,
     latency_summary,
     layer_latency,
     select_with_measurements,
@@ -192,6 +193,13 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             try:
                 if latency_model is not None:
                     choices = select_with_measurements(selector, problem, latency_model)
+                    if latency_model.settings.whole_model_check:
+                        shape = _single_input_shape(self.config)
+                        if shape is None:
+                            raise TDConfigError(f"{ALGO_NAME}.latency.whole_model_check: needs one model input "
+                                                f"with a sample_size in input_info, to time the model end to end")
+                        choices, latency_model.whole_model_check = check_whole_model(
+                            model, shape, latency_model, selector, problem, choices)
                 else:
                     choices = selector.select(problem)
             except ValueError as e:  # BudgetUnreachableError and friends

@@ -18,13 +18,21 @@ def latency_rows(latency: Optional[dict]) -> dict[str, Any]:
     precision = latency["precision"] + (f" (runs {latency['runtime_precision']})"
                                          if latency.get("runtime_precision") not in (None, latency["precision"])
                                          else "")
-    return {
+    check = latency.get("whole_model_check")
+    per_layer_missed = check is None and not latency["budget_met"]
+    rows = {
         "Latency measured at": f"{precision}{', INT8 layers' if latency['int8'] else ''}, "
                                f"{latency.get('runtime_threads') or latency.get('threads')} threads",
         "Conv/Linear latency": f"{latency['dense_ms']:.3f} ms -> {latency['ms']:.3f} ms "
-                               f"({latency['achieved_ratio']:.3f}x{'' if latency['budget_met'] else ', NOT MET'})",
-        "Rank multiple": latency["rank_multiple"],
+                               f"({latency['achieved_ratio']:.3f}x{', NOT MET' if per_layer_missed else ''})",
     }
+    if check is not None:
+        last = check["rounds"][-1]
+        rows["Whole model, end to end"] = (f"{check['measured_ratio']:.3f}x ({len(check['rounds'])} timing(s), last "
+                                           f"{last['dense_ms']:.3f} ms -> {last['measured_ms']:.3f} ms)"
+                                           f"{'' if check['met'] else ', NOT MET'}")
+    rows["Rank multiple"] = latency["rank_multiple"]
+    return rows
 
 
 def additional_budget_rows(additional: Optional[list], scope: str) -> dict[str, Any]:
