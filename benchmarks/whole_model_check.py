@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "samples"))
 from benchmarks.common import quiet_nncf, write_and_print  # noqa: E402
 from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     DEFAULT_EPOCHS, DEFAULT_WIDTHS, fashion_mnist_loaders, get_trained_resnet_fmnist)
-from benchmarks.finetune import INPUT, calibration_images, merge_options, parse_budget, quantize_ir, td_block  # noqa: E402
+from benchmarks.finetune import (  # noqa: E402
+    INPUT, calibration_images, merge_options, parse_budget, quantize_ir, td_block)
 from benchmarks.pruning import ir_cost  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 

@@ -391,6 +391,15 @@ def test_whole_model_check_lowers_the_target_after_an_overshoot(tmp_path, monkey
     assert _kept(plan) == calls[1]  # both met: the less compressed one is kept
 
 
+def test_whole_model_check_interpolates_between_a_miss_and_an_overshoot(tmp_path, monkeypatch):
+    _fake_speedups(monkeypatch, [1.6, 1.1, 1.32])  # overshoot, then a miss: the third target lies between
+    plan = _checked_plan(tmp_path, 1.3, rounds=2)
+    first, second, third = plan["latency"]["whole_model_check"]["rounds"]
+    a_lo, a_hi = second["selected_at"], first["selected_at"]
+    assert a_lo == pytest.approx(1.3 * 1.3 / 1.6)
+    assert third["selected_at"] == pytest.approx(a_lo + (1.3 - 1.1) * (a_hi - a_lo) / (1.6 - 1.1))
+
+
 def test_whole_model_check_keeps_the_fastest_selection_when_every_timing_misses(tmp_path, monkeypatch):
     calls = _fake_speedups(monkeypatch, [1.01, 1.05, 1.03])  # all below 1.1; the second is the fastest
     plan = _checked_plan(tmp_path, 1.1, rounds=2)

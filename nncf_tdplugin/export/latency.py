@@ -98,7 +98,8 @@ def measure_many(models: Sequence[tuple], precision: str = "f32", threads: Optio
     Each repeat is one worker process (compile, ``warmup`` untimed and ``iterations`` timed synchronous
     inferences on random input). Every IR is compiled for the static ``input_shape``: one with a dynamic input
     dimension (``ov.convert_model``'s default batch) is reshaped first, since a dynamically shaped graph pays shape
-    inference on every inference, per node, and would be slower the more nodes it has. With ``interleave`` the repeats run A, B, A, B, ...; otherwise A, A, B, B.
+    inference on every inference, per node, and would be slower the more nodes it has. With ``interleave`` the
+    repeats run A, B, A, B, ...; otherwise A, A, B, B.
     ``profile`` adds one more run per model with OpenVINO's per-layer counters on, whose timings are discarded
     (the counters slow inference down); its times per layer type explain where a speedup comes from.
     """

@@ -18,6 +18,9 @@ selection problem, and the measure-select loop that makes the final decisions re
    budget, select once more among measured options only (grid points and earlier choices), which meets it whenever
    the measured options can. Finally any factorization measured no faster than its dense layer is reverted to
    dense (that never adds latency).
+6. :func:`check_whole_model` (``whole_model_check: N``, opt-in): the chosen ranks are put into the model as factor
+   layers, exported and timed end to end beside the dense model, and selected again at a corrected per-layer
+   target until the measured speedup is within ``WHOLE_MODEL_TOLERANCE`` above the target (at most N times).
 """
 
 import dataclasses
@@ -211,14 +214,29 @@ def plan_speedup(net, input_shape, model: LatencyCostModel, choices: dict[str, R
 WHOLE_MODEL_TOLERANCE = 0.05
 
 
+def _next_target(target: float, timed: list) -> float:
+    """The per-layer target to select at next, from the (selected at, measured end to end) pairs so far: between the
+    closest pairs that bracket the target, linear interpolation (the end-to-end ratio is far from proportional to
+    the per-layer one: the part of the latency outside the candidates does not shrink); without a bracket, the last
+    target corrected by the last error, ``asked * target / measured``."""
+    below = [p for p in timed if p[1] < target]
+    above = [p for p in timed if p[1] >= target]
+    if below and above:
+        (a_lo, m_lo), (a_hi, m_hi) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+        if m_hi > m_lo:
+            return max(a_lo + (target - m_lo) * (a_hi - a_lo) / (m_hi - m_lo), 1.0 + 1e-6)
+    asked, measured = timed[-1]
+    return max(asked * target / measured, 1.0 + 1e-6)
+
+
 def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankSelector,
                       problem: SelectionProblem, choices: dict[str, RankChoice]
                       ) -> tuple[dict[str, RankChoice], dict]:
     """``latency.whole_model_check``: time the chosen plan end to end against the dense model and select again
-    (with measurements) at the target corrected by the last round's error (``asked * target / measured``: raised
-    after a miss, lowered after an overshoot of more than ``WHOLE_MODEL_TOLERANCE``, which removes less of the
-    model), at most ``whole_model_check`` times. Returns the choices (of the plans measured to meet the target, the
-    one measured slowest, i.e. the least compressed; if none met it, the fastest) and a record for the plan."""
+    (with measurements) at a corrected target (:func:`_next_target`: raised after a miss, lowered after an overshoot
+    of more than ``WHOLE_MODEL_TOLERANCE``, which removes less of the model), at most ``whole_model_check`` times.
+    Returns the choices (of the plans measured to meet the target, the one measured slowest, i.e. the least
+    compressed; if none met it, the fastest) and a record for the plan."""
     target = problem.budget.target_ratio
     rounds, plans = [], []
     current, asked = choices, target
@@ -231,7 +249,7 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
         close = target <= measured <= target * (1 + WHOLE_MODEL_TOLERANCE)
         if close or i == model.settings.whole_model_check:
             break
-        asked = max(asked * target / measured, 1.0 + 1e-6)
+        asked = _next_target(target, [(r["selected_at"], r["measured_ratio"]) for r in rounds])
         try:
             current = select_with_measurements(
                 selector, dataclasses.replace(problem, budget=Budget(problem.budget.metric, asked)), model)
