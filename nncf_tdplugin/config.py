@@ -178,11 +178,10 @@ TD_SCHEMA: dict[str, Any] = {
                                       "the measured speedup is within 5% above the target, select again at a "
                                       "corrected target (raised after a miss, lowered after an overshoot, "
                                       "interpolated between the two once both were seen), at most this many times "
-                                      "(0: off). The plan keeps the least "
-                                      "compressed selection measured to meet the target, or the fastest one, with "
-                                      "a warning, if none did. The per-layer model leaves out what the whole graph "
-                                      "adds per node, which matters on small feature maps and in INT8 "
-                                      "(docs/latency.md)."},
+                                      "(0: off). The plan keeps the least compressed selection measured to meet "
+                                      "the target, or the fastest one, with a warning, if none did. The per-layer "
+                                      "model leaves out what the whole graph adds per node, which matters on small "
+                                      "feature maps and in INT8 (docs/latency.md)."},
                 "verify_rounds": {"type": "integer", "minimum": 0, "default": 3,
                                   "description": "Rounds of: select ranks, measure the chosen factorizations "
                                   "exactly, select again with the measurements, until nothing new is measured."},
@@ -496,7 +495,7 @@ class TDConfig:
             )
         if section.get("latency", {}).get("whole_model_check", 0):
             reason = ("the ranks are learned in training after the initial selection" if "rank_learning" in section
-                      else "it times the whole model against the model's latency"
+                      else "the check times the whole model, the budget counts only the decomposable layers"
                       if budget.get("scope", "model") != "model" else "")
             if reason:
                 raise TDConfigError(f"{_path(['latency', 'whole_model_check'])}: needs a data-free selection with "

@@ -378,7 +378,8 @@ def test_statistics_show_the_end_to_end_check(tmp_path, monkeypatch):
     ctrl, _ = create_compressed_model(ConvStack(), config)
     assert not ctrl.plan["latency"]["budget_met"]
     text = ctrl.statistics().to_str()
-    assert "Whole model, end to end" in text and "1.020x (2 timing(s)" in text and "NOT MET" in text
+    assert "Whole model, end to end" in text and "1.020x (1.000 ms -> 0.980 ms; round 2 of 2 timings)" in text
+    assert "NOT MET" in text
 
 
 def test_whole_model_check_lowers_the_target_after_an_overshoot(tmp_path, monkeypatch):
@@ -407,7 +408,7 @@ def test_whole_model_check_keeps_the_fastest_selection_when_every_timing_misses(
     if "stopped" in check["rounds"][-1]:  # a raised target the per-layer model cannot reach: fewer rounds
         pytest.skip(f"selection stopped early on this machine: {check['rounds'][-1]['stopped']}")
     assert [r["measured_ratio"] for r in check["rounds"]] == pytest.approx([1.01, 1.05, 1.03])
-    assert not check["met"] and check["measured_ratio"] == pytest.approx(1.05)
+    assert not check["met"] and check["measured_ratio"] == pytest.approx(1.05) and check["kept_round"] == 1
     assert _kept(plan) == calls[1]
 
 
@@ -434,4 +435,9 @@ def test_whole_model_check_is_refused_where_it_cannot_apply():
              "latency": {"whole_model_check": 2}, "rank_learning": {"num_epochs": 2}}
     config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
     with pytest.raises(TDConfigError, match=r"latency\.whole_model_check.*learned in training"):
+        create_compressed_model(ConvStack(), config)
+    del block["rank_learning"]
+    block["budget"]["scope"] = "decomposable"
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
+    with pytest.raises(TDConfigError, match=r"latency\.whole_model_check.*only the decomposable layers"):
         create_compressed_model(ConvStack(), config)

@@ -256,14 +256,15 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
         except ValueError as e:  # the raised target is out of the per-layer model's reach
             rounds[-1]["stopped"] = f"selection at {asked:.3f}x failed: {e}"
             break
-    met = [p for p in plans if p[1] >= target]
-    chosen, measured = min(met, key=lambda p: p[1]) if met else max(plans, key=lambda p: p[1])
+    met = [i for i, p in enumerate(plans) if p[1] >= target]
+    kept = min(met, key=lambda i: plans[i][1]) if met else max(range(len(plans)), key=lambda i: plans[i][1])
+    chosen, measured = plans[kept]
     if not met:
         nncf_logger.warning(
             f"{ALGO_NAME}: whole-model check: the chosen ranks run {measured:.3f}x faster than the dense model end "
             f"to end, target {target:g}x, after {len(rounds)} timing(s); keeping the fastest measured selection "
             f"(raise latency.whole_model_check or lower the target)")
-    return chosen, {"rounds": rounds, "measured_ratio": measured, "met": bool(met),
+    return chosen, {"rounds": rounds, "kept_round": kept, "measured_ratio": measured, "met": bool(met),
                     "tolerance": WHOLE_MODEL_TOLERANCE}
 
 
