@@ -341,7 +341,7 @@ def _fake_speedups(monkeypatch, speedups):
 
     calls = []
 
-    def fake(net, input_shape, model, choices):
+    def fake(net, input_shape, model, choices, dense_xml):
         calls.append({n: tuple(c.ranks) for n, c in choices.items() if not c.is_dense})
         return 1.0, 1.0 / speedups[len(calls) - 1]
 

@@ -25,6 +25,7 @@ selection problem, and the measure-select loop that makes the final decisions re
 
 import dataclasses
 import math
+import pathlib
 from typing import Optional
 
 from nncf.common.logging import nncf_logger
@@ -182,31 +183,24 @@ def _export_plan(net, input_shape, model: LatencyCostModel, choices: dict[str, R
     and the dense ones put back, whatever happens."""
     from nncf_tdplugin.layers.factorized import build_factorized
 
-    swapped = []
+    swapped = {}
     try:
         for name, choice in choices.items():
-            if choice.is_dense:
-                continue
-            parent_name, _, attr = name.rpartition(".")
-            parent = net.get_submodule(parent_name) if parent_name else net
-            dense = getattr(parent, attr)
-            setattr(parent, attr, build_factorized(dense, choice.method, choice.ranks))
-            swapped.append((parent, attr, dense))
+            if not choice.is_dense:
+                swapped[name] = net.get_submodule(name)
+                net.set_submodule(name, build_factorized(swapped[name], choice.method, choice.ranks))
         return _export_for_timing(net, input_shape, model, xml)
     finally:
-        for parent, attr, dense in reversed(swapped):
-            setattr(parent, attr, dense)
+        for name, dense in swapped.items():
+            net.set_submodule(name, dense)
 
 
-def plan_speedup(net, input_shape, model: LatencyCostModel, choices: dict[str, RankChoice]) -> tuple[float, float]:
-    """(dense ms, plan ms): the model as it is and with ``choices`` in place, both exported and timed end to end
-    together (interleaved repeats, so that both see the same machine)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dense = _export_for_timing(net, input_shape, model, f"{tmp}/dense.xml")
-        plan = _export_plan(net, input_shape, model, choices, f"{tmp}/plan.xml")
-        dense_ms, plan_ms = _time_irs([dense, plan], input_shape, model, iterations=200, repeats=5)
+def plan_speedup(net, input_shape, model: LatencyCostModel, choices: dict[str, RankChoice], dense_xml: str
+                 ) -> tuple[float, float]:
+    """(dense ms, plan ms): the dense IR ``dense_xml`` and the model with ``choices`` in place, exported beside it,
+    timed end to end together (interleaved repeats, so that both see the same machine)."""
+    plan = _export_plan(net, input_shape, model, choices, str(pathlib.Path(dense_xml).with_name("plan.xml")))
+    dense_ms, plan_ms = _time_irs([dense_xml, plan], input_shape, model, iterations=200, repeats=5)
     return dense_ms, plan_ms
 
 
@@ -237,25 +231,29 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
     of more than ``WHOLE_MODEL_TOLERANCE``, which removes less of the model), at most ``whole_model_check`` times.
     Returns the choices (of the plans measured to meet the target, the one measured slowest, i.e. the least
     compressed; if none met it, the fastest) and a record for the plan."""
+    import tempfile
+
     target = problem.budget.target_ratio
     rounds, plans = [], []
     current, asked = choices, target
-    for i in range(model.settings.whole_model_check + 1):
-        dense_ms, ms = plan_speedup(net, input_shape, model, current)
-        measured = dense_ms / ms
-        rounds.append({"selected_at": asked, "predicted_ratio": problem.ratio(current), "dense_ms": dense_ms,
-                       "measured_ms": ms, "measured_ratio": measured})
-        plans.append((current, measured))
-        close = target <= measured <= target * (1 + WHOLE_MODEL_TOLERANCE)
-        if close or i == model.settings.whole_model_check:
-            break
-        asked = _next_target(target, [(r["selected_at"], r["measured_ratio"]) for r in rounds])
-        try:
-            current = select_with_measurements(
-                selector, dataclasses.replace(problem, budget=Budget(problem.budget.metric, asked)), model)
-        except ValueError as e:  # the raised target is out of the per-layer model's reach
-            rounds[-1]["stopped"] = f"selection at {asked:.3f}x failed: {e}"
-            break
+    with tempfile.TemporaryDirectory() as tmp:  # the dense IR, exported once for every round
+        dense_xml = _export_for_timing(net, input_shape, model, f"{tmp}/dense.xml")
+        for i in range(model.settings.whole_model_check + 1):
+            dense_ms, ms = plan_speedup(net, input_shape, model, current, dense_xml)
+            measured = dense_ms / ms
+            rounds.append({"selected_at": asked, "predicted_ratio": problem.ratio(current), "dense_ms": dense_ms,
+                           "measured_ms": ms, "measured_ratio": measured})
+            plans.append((current, measured))
+            close = target <= measured <= target * (1 + WHOLE_MODEL_TOLERANCE)
+            if close or i == model.settings.whole_model_check:
+                break
+            asked = _next_target(target, [(r["selected_at"], r["measured_ratio"]) for r in rounds])
+            try:
+                current = select_with_measurements(
+                    selector, dataclasses.replace(problem, budget=Budget(problem.budget.metric, asked)), model)
+            except ValueError as e:  # the raised target is out of the per-layer model's reach
+                rounds[-1]["stopped"] = f"selection at {asked:.3f}x failed: {e}"
+                break
     met = [i for i, p in enumerate(plans) if p[1] >= target]
     kept = min(met, key=lambda i: plans[i][1]) if met else max(range(len(plans)), key=lambda i: plans[i][1])
     chosen, measured = plans[kept]
