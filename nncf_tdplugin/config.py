@@ -178,8 +178,9 @@ TD_SCHEMA: dict[str, Any] = {
                                       "the measured speedup is within 5% above the target, select again at a "
                                       "corrected target (raised after a miss, lowered after an overshoot, "
                                       "interpolated between the two once both were seen), at most this many times "
-                                      "(0: off). The plan keeps the least compressed selection measured to meet "
-                                      "the target, or the fastest one, with a warning, if none did. The per-layer "
+                                      "(0: off). The selections of all rounds are then timed again together, and the "
+                                      "plan keeps the least compressed one measured in that run to meet the target, "
+                                      "or the fastest one, with a warning, if none did. The per-layer "
                                       "model leaves out what the whole graph adds per node, which matters on small "
                                       "feature maps and in INT8 (docs/latency.md)."},
                 "verify_rounds": {"type": "integer", "minimum": 0, "default": 3,
