@@ -9,6 +9,14 @@ interleaved, each repeat in its own OpenVINO-only process, at the static input s
 
     python benchmarks/whole_model_check.py --widths 64,128,256,512 --base-epochs 3 --base-holdout 10000 \
         --budgets latency_int8:1.5,latency:1.7 --json OUT.json
+    python benchmarks/whole_model_check.py --widths 64,128,256,512 --base-epochs 3 --base-holdout 10000 \
+        --prune-flops 2 --pruning-points 3 --budgets latency_int8:1.3,latency:1.45 --json OUT.json
+
+With ``--prune-flops R`` the search runs on the network pruned to R times fewer FLOPs first (NNCF's filter pruning
+at once, no training, made physically smaller: decomposition on top of pruning, ``pruning+search_aa`` in
+``benchmarks/finetune.py``); ``--pruning-points R1,R2`` adds pruning alone at those FLOPs ratios to the timing, each at
+the precision of every budget, so a checked plan can be placed against pruning's own speed. Ratios are against the
+unpruned dense network (``measured_ratio``) and, with --prune-flops, against the pruned one (``vs_start_ratio``).
 
 Rows: budget, whole_model_check (rounds allowed), predicted_ratio (the per-layer model's, whole model), check_rounds
 and check_measured_ratio (what the check timed during the selection), measured_ratio (dense IR latency / this IR's,
@@ -38,11 +46,20 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     DEFAULT_EPOCHS, DEFAULT_WIDTHS, fashion_mnist_loaders, get_trained_resnet_fmnist)
 from benchmarks.finetune import (  # noqa: E402
     INPUT, calibration_images, merge_options, parse_budget, quantize_ir, td_block)
-from benchmarks.pruning import ir_cost  # noqa: E402
+from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
+from nncf_tdplugin import materialize_pruned_model  # noqa: E402
 from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
 
 COLUMNS = ["budget", "whole_model_check", "predicted_ratio", "check_rounds", "check_measured_ratio",
-           "measured_ratio", "macs_ratio", "layers", "seconds"]
+           "measured_ratio", "vs_start_ratio", "latency_ms", "macs_ratio", "layers", "seconds"]
+
+
+def pruned(base, flops_ratio: float, loader):
+    """``base`` with NNCF's filter pruning to ``flops_ratio`` at once (no training), physically smaller, and the
+    pruning controller (for its own IR)."""
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT}, "compression": [pruning_block(flops_ratio)]})
+    ctrl, _ = create_compressed_model(copy.deepcopy(base), register_default_init_args(config, loader))
+    return materialize_pruned_model(ctrl, base).eval(), ctrl
 
 
 def compress(base, metric: str, ratio: float, rounds: int, threads: int, loader):
@@ -63,6 +80,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="latency.whole_model_check of the checked plans")
     parser.add_argument("--latency-threads", type=int, default=2)
     parser.add_argument("--out-dir", default=None, help="IRs (default: a temporary folder)")
+    parser.add_argument("--prune-flops", type=float, default=None,
+                        help="decompose the network pruned to this FLOPs ratio (no training) instead of the dense one")
+    parser.add_argument("--pruning-points", default="",
+                        help="comma-separated FLOPs ratios of pruning alone to time beside the plans")
     args = parser.parse_args(argv)
     quiet_nncf()
     torch.manual_seed(0)
@@ -76,7 +97,24 @@ def main(argv=None) -> int:
     dense_xml = export_openvino(base, example, out_dir / "dense.xml")
     dense_int8 = quantize_ir(dense_xml, calibration, out_dir / "dense_int8.xml")
     dense_macs = ir_cost(dense_xml, INPUT)["macs"]
-    rows = []
+    rows, start_irs = [], None
+    metrics = {parse_budget(text)[0] for text in args.budgets.split(",")}
+    for ratio in [float(r) for r in args.pruning_points.split(",") if r]:
+        _, pctrl = pruned(base, ratio, loader)
+        xml = export_pruned_ir(pctrl, example, out_dir / f"pruning_flops{ratio:g}.xml")
+        ir8 = quantize_ir(xml, calibration, out_dir / f"pruning_flops{ratio:g}_int8.xml")
+        for metric in sorted(metrics):
+            rows.append({"budget": f"filter_pruning flops:{ratio:g}", "metric": metric, "whole_model_check": None,
+                         "macs_ratio": dense_macs / ir_cost(xml, INPUT)["macs"],
+                         "ir": str(ir8 if metric == "latency_int8" else xml)})
+    if args.prune_flops:  # decomposition on top of pruning: the pruned network is where the search starts
+        base, pctrl = pruned(base, args.prune_flops, loader)
+        xml = export_pruned_ir(pctrl, example, out_dir / f"start_pruning_flops{args.prune_flops:g}.xml")
+        start_irs = {"latency": xml, "latency_int8": quantize_ir(xml, calibration, out_dir / "start_int8.xml")}
+        for metric in sorted(metrics):
+            rows.append({"budget": f"start: filter_pruning flops:{args.prune_flops:g}", "metric": metric,
+                         "whole_model_check": None, "macs_ratio": dense_macs / ir_cost(xml, INPUT)["macs"],
+                         "ir": str(start_irs[metric])})
     for text in args.budgets.split(","):
         metric, ratio, _ = parse_budget(text)
         for rounds in (0, args.rounds):
@@ -88,7 +126,8 @@ def main(argv=None) -> int:
             tag = f"{metric}{ratio:g}_check{rounds}"
             xml = export_openvino(ctrl, example, out_dir / f"{tag}.xml")
             ir = quantize_ir(xml, calibration, out_dir / f"{tag}_int8.xml") if metric == "latency_int8" else xml
-            rows.append({"budget": text, "metric": metric, "target_ratio": ratio, "whole_model_check": rounds,
+            rows.append({"budget": text + (f" on pruning flops:{args.prune_flops:g}" if args.prune_flops else ""),
+                         "metric": metric, "target_ratio": ratio, "whole_model_check": rounds,
                          "predicted_ratio": lat["achieved_ratio"], "check_rounds": len(check.get("rounds", [])),
                          "check_measured_ratio": check.get("measured_ratio"), "check": check or None,
                          "macs_ratio": dense_macs / ir_cost(xml, INPUT)["macs"], "layers": len(ctrl.plan["layers"]),
@@ -102,9 +141,13 @@ def main(argv=None) -> int:
         dense = str(dense_int8 if int8 else dense_xml)
         results = measure_many([(dense, INPUT)] + [(r["ir"], INPUT) for r in group], precision="default",
                                threads=args.latency_threads, iterations=200, repeats=5)
+        start_ms = next((res.median_ms for r, res in zip(group, results[1:]) if r["budget"].startswith("start:")),
+                        None)
         for r, result in zip(group, results[1:]):
             r["latency_ms"], r["dense_latency_ms"] = result.median_ms, results[0].median_ms
             r["measured_ratio"] = results[0].median_ms / result.median_ms
+            if start_ms is not None:
+                r["vs_start_ratio"] = start_ms / result.median_ms
     write_and_print(rows, COLUMNS, args.json)
     return 0
 
