@@ -256,6 +256,8 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
             rounds.append({"selected_at": asked, "predicted_ratio": problem.ratio(current), "dense_ms": dense_ms,
                            "measured_ms": ms, "measured_ratio": measured})
             plans.append((current, measured))
+            nncf_logger.info(f"{ALGO_NAME}: whole-model check, round {i + 1}: selected at {asked:.3f}x, measured "
+                             f"{measured:.3f}x end to end ({dense_ms:.3f} -> {ms:.3f} ms), target {target:g}x")
             close = target <= measured <= target * (1 + WHOLE_MODEL_TOLERANCE)
             if close or i == model.settings.whole_model_check:
                 break
@@ -272,6 +274,8 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
             confirmation = {"dense_ms": dense_ms, "measured_ms": plans_ms,
                             "measured_ratio": [dense_ms / ms for ms in plans_ms]}
             plans = [(c, r) for (c, _), r in zip(plans, confirmation["measured_ratio"])]
+            nncf_logger.info(f"{ALGO_NAME}: whole-model check, the {len(plans)} plans timed again together: "
+                             + ", ".join(f"{r:.3f}x" for r in confirmation["measured_ratio"]))
     met = [i for i, p in enumerate(plans) if p[1] >= target]
     kept = min(met, key=lambda i: plans[i][1]) if met else max(range(len(plans)), key=lambda i: plans[i][1])
     chosen, measured = plans[kept]
