@@ -57,7 +57,8 @@ COLUMNS = ["budget", "whole_model_check", "predicted_ratio", "check_rounds", "ch
 def pruned(base, flops_ratio: float, loader):
     """``base`` with NNCF's filter pruning to ``flops_ratio`` at once (no training), physically smaller, and the
     pruning controller (for its own IR)."""
-    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT}, "compression": [pruning_block(flops_ratio)]})
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": INPUT},
+                                        "compression": [pruning_block(flops_ratio)]})
     ctrl, _ = create_compressed_model(copy.deepcopy(base), register_default_init_args(config, loader))
     return materialize_pruned_model(ctrl, base).eval(), ctrl
 
