@@ -351,7 +351,7 @@ def _fake_speedups(monkeypatch, speedups, confirmed=None):
         return 1.0, [1.0 / r for r in (confirmed or speedups)[:len(plan_xmls)]]
 
     monkeypatch.setattr(latency_budget, "plan_speedup", fake)
-    monkeypatch.setattr(latency_budget, "confirm_speedups", fake_confirm)
+    monkeypatch.setattr(latency_budget, "time_against_dense", fake_confirm)
     return calls
 
 

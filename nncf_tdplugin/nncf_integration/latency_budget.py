@@ -148,14 +148,13 @@ def _export_for_timing(net, input_shape, model: LatencyCostModel, xml: str) -> s
 
 
 def _time_irs(xmls, input_shape, model: LatencyCostModel, iterations: int = 30, repeats: int = 3) -> list:
-    """Median latency (ms) of each IR at the cost model's precision and threads, repeats interleaved, each in its
-    own worker process."""
+    """A ``LatencyResult`` per IR at the cost model's precision and threads, repeats interleaved, each in its own
+    worker process."""
     from nncf_tdplugin.export.latency import measure_many
 
     ctx = model.context
-    return [r.median_ms for r in measure_many([(x, list(input_shape)) for x in xmls], precision=ctx.precision,
-                                              threads=ctx.threads, warmup=10, iterations=iterations,
-                                              repeats=repeats)]
+    return measure_many([(x, list(input_shape)) for x in xmls], precision=ctx.precision, threads=ctx.threads,
+                        warmup=10, iterations=iterations, repeats=repeats)
 
 
 def whole_model_latency(net, input_shape, model: LatencyCostModel, layers) -> float:
@@ -171,10 +170,10 @@ def whole_model_latency(net, input_shape, model: LatencyCostModel, layers) -> fl
     if cached is not None:
         return cached
     with tempfile.TemporaryDirectory() as tmp:
-        ms, = _time_irs([_export_for_timing(net, input_shape, model, f"{tmp}/dense.xml")], input_shape, model)
-    model.cache.put(key, ms, 0.0)
+        result, = _time_irs([_export_for_timing(net, input_shape, model, f"{tmp}/dense.xml")], input_shape, model)
+    model.cache.put(key, result.median_ms, result.spread_ms)
     model.cache.save()
-    return ms
+    return result.median_ms
 
 
 def _export_plan(net, input_shape, model: LatencyCostModel, choices: dict[str, RankChoice], xml: str) -> str:
@@ -199,18 +198,19 @@ def plan_speedup(net, input_shape, model: LatencyCostModel, choices: dict[str, R
                  plan_xml: str) -> tuple[float, float]:
     """(dense ms, plan ms): the dense IR ``dense_xml`` and the model with ``choices`` in place, exported to
     ``plan_xml``, timed end to end together (interleaved repeats, so that both see the same machine)."""
-    plan = _export_plan(net, input_shape, model, choices, plan_xml)
-    dense_ms, plan_ms = _time_irs([dense_xml, plan], input_shape, model, iterations=200, repeats=5)
+    dense_ms, (plan_ms,) = time_against_dense(input_shape, model, dense_xml,
+                                              [_export_plan(net, input_shape, model, choices, plan_xml)])
     return dense_ms, plan_ms
 
 
-def confirm_speedups(input_shape, model: LatencyCostModel, dense_xml: str, plan_xmls: list[str]
-                     ) -> tuple[float, list[float]]:
-    """(dense ms, plan ms of each of ``plan_xmls``): every plan timed again with the dense IR in one interleaved
-    run, so that the plans are compared under the same machine load (each round alone is as noisy as the machine;
-    keeping the plan whose own round happened to run fast would favour the noise)."""
-    dense_ms, *plans_ms = _time_irs([dense_xml, *plan_xmls], input_shape, model, iterations=200, repeats=5)
-    return dense_ms, plans_ms
+def time_against_dense(input_shape, model: LatencyCostModel, dense_xml: str, plan_xmls: list[str]
+                       ) -> tuple[float, list[float]]:
+    """(dense ms, ms of each of ``plan_xmls``): the plans and the dense IR timed in one interleaved run (5 x 200
+    inferences each), so that they are compared under the same machine load. The check times all its plans again
+    this way at the end: each round alone is as noisy as the machine, and keeping the plan whose own round happened
+    to run fast would favour the noise."""
+    dense, *plans = _time_irs([dense_xml, *plan_xmls], input_shape, model, iterations=200, repeats=5)
+    return dense.median_ms, [r.median_ms for r in plans]
 
 
 # a plan measured within this fraction above the target is close enough: the check stops there
@@ -239,7 +239,7 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
     (with measurements) at a corrected target (:func:`_next_target`: raised after a miss, lowered after an overshoot
     of more than ``WHOLE_MODEL_TOLERANCE``, which removes less of the model), at most ``whole_model_check`` times.
     When more than one plan was timed, all of them are timed again together with the dense model
-    (:func:`confirm_speedups`) and the choice is made on that one run. Returns the choices (of the plans measured
+    (:func:`time_against_dense`) and the choice is made on that one run. Returns the choices (of the plans measured
     to meet the target, the one measured slowest, i.e. the least compressed; if none met it, the fastest) and a
     record for the plan."""
     import tempfile
@@ -270,7 +270,7 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
                 break
         confirmation = None
         if len(plans) > 1:
-            dense_ms, plans_ms = confirm_speedups(input_shape, model, dense_xml, xmls[:len(plans)])
+            dense_ms, plans_ms = time_against_dense(input_shape, model, dense_xml, xmls[:len(plans)])
             confirmation = {"dense_ms": dense_ms, "measured_ms": plans_ms,
                             "measured_ratio": [dense_ms / ms for ms in plans_ms]}
             plans = [(c, r) for (c, _), r in zip(plans, confirmation["measured_ratio"])]
