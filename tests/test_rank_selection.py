@@ -216,3 +216,24 @@ def test_unreachable_additional_budget_names_its_metric(name):
     problem = two_budget_problem(2.0, flops_ratio=500.0)
     with pytest.raises(BudgetUnreachableError, match=r"flops target_ratio=500 .*unreachable"):
         RANK_SELECTORS[name]().select(problem)
+    with pytest.raises(BudgetUnreachableError) as info:
+        RANK_SELECTORS[name]().select(problem)
+    # the best ratio is the missed budget's own (FLOPs), not the met parameter budget's
+    assert 2.0 < info.value.best_ratio < 500.0
+    assert "in params" not in str(info.value)
+
+
+@pytest.mark.parametrize("flops_ratio, params_ratio", [(2.0, 5.0), (1.5, 5.0), (3.0, 8.0), (4.0, 12.0)])
+def test_search_meets_an_additional_budget_whose_cost_rises_along_the_menu(flops_ratio, params_ratio):
+    """A stride-2 conv with Tucker-2 and channel SVD allowed: along its menu (sorted by FLOPs) the parameter count
+    does not fall at every step, so a repair that only steps to the next cheaper option stopped short of the
+    parameter budget and returned a plan over it, silently. Every plan must now meet both budgets."""
+    torch.manual_seed(0)
+    w = (torch.randn(256, 32, 3, 3) * torch.logspace(0, -2, 256)[:, None, None, None]
+         * torch.logspace(0, -1, 32)[None, :, None, None])
+    g = LayerGeometry("conv", 256, 32, 3, 3, (16, 16), (8, 8), False)
+    problem = SelectionProblem([LayerCandidate("l", w, g, ("tucker2", "svd"))], Budget("flops", flops_ratio),
+                               RankConstraints(rank_multiple=4), 0.0, options={"search": {"steps": 150}},
+                               additional=(Budget("params", params_ratio),), additional_fixed_costs={"params": 0.0})
+    choices = RANK_SELECTORS["search"]().select(problem)
+    assert not problem.missed(choices), (choices, problem.ratios(choices))

@@ -135,6 +135,14 @@ class SelectionProblem:
                 out.append(f"{b.metric} target_ratio={b.target_ratio:g} (reached {self.dense_cost_in(b.metric) / cost:.3f}x)")
         return out
 
+    def missed_ratio(self, choices: dict[str, RankChoice]) -> float:
+        """The ratio ``choices`` reach in the metric of the first budget they miss (the primary metric's ratio when
+        they miss none): what a BudgetUnreachableError carries as its best ratio."""
+        for b in self.budgets:
+            if self.cost_in(b.metric, choices) > self.target_cost_in(b) * (1 + 1e-12):
+                return self.dense_cost_in(b.metric) / self.cost_in(b.metric, choices)
+        return self.ratio(choices)
+
     def within_budgets(self, choices: dict[str, RankChoice]) -> bool:
         return not self.missed(choices)
 

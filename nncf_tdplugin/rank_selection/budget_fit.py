@@ -13,15 +13,12 @@ def fit_to_budget(problem: SelectionProblem, rule: Rule, knob: str, iterations: 
     errors."""
     lowest = rule(0.0)
     missed = problem.missed(lowest)
-    if missed:
-        best = problem.ratio(lowest)
-        metric = problem.budget.metric
+    if missed:  # each missed budget says the ratio it reached, in its own metric
         raise BudgetUnreachableError(
             f"budget {' and '.join(missed)} is unreachable: at the smallest {knob} every decomposable layer is at "
-            f"its minimum rank and the model is only {best:.3f}x {'faster' if metric == 'latency' else 'smaller'} "
-            f"in {metric}. Lower the target ratio, lower 'min_rank', or allow more layers (skip_first_layer, "
+            f"its minimum rank. Lower the target ratio, lower 'min_rank', or allow more layers (skip_first_layer, "
             f"skip_last_layer, ignored_scopes).",
-            best,
+            problem.missed_ratio(lowest),
         )
     highest = rule(1.0)
     if problem.within_budgets(highest):

@@ -102,18 +102,23 @@ def repair(menus: list[Menu], idx: list[int], weights: np.ndarray, fixed_cost, t
         over = cost > targets * (1 + 1e-12)
         if not over.any():
             break
-        movable = idx > 0
-        lower = np.maximum(idx - 1, 0)
-        saved = costs[layers, idx] - costs[layers, lower]  # [L, M]
-        gain = (np.maximum(saved[:, over], 0.0) / targets[over]).sum(1)
+        # any cheaper option of a layer (in the menu's metric) may be the move, not only the next one: along a
+        # menu sorted by one metric another metric's cost need not fall at every step (e.g. parameters of a
+        # stride-2 conv's Tucker-2 vs channel-SVD options), and a one-step-only greedy would stop short of a
+        # reachable budget there
+        k_max = costs.shape[1]
+        lower = np.arange(k_max)[None, :]  # candidate option j for every layer: [L, K]
+        movable = lower < idx[:, None]
+        saved = costs[layers, idx][:, None, :] - costs  # [L, K, M]
+        gain = (np.maximum(saved[:, :, over], 0.0) / targets[over]).sum(2)
         movable &= gain > 0
         if not movable.any():
             return idx.tolist()  # the caller reports the budget as unreachable
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = weights * (sq[layers, lower] - sq[layers, idx]) / gain
-        l = int(np.argmin(np.where(movable, d, np.inf)))
-        cost -= saved[l]
-        idx[l] -= 1
+            d = weights[:, None] * (sq - sq[layers, idx][:, None]) / gain
+        l, j = np.unravel_index(int(np.argmin(np.where(movable, d, np.inf))), d.shape)
+        cost -= saved[l, j]
+        idx[l] = j
 
     while True:  # upgrades that keep every budget met
         upper = np.minimum(idx + 1, lengths - 1)
@@ -160,11 +165,11 @@ class ContinuousRankSearch(RankSelector):
         fixed = [problem.fixed_cost_in(b.metric) for b in problem.budgets]
         targets = [problem.target_cost_in(b) for b in problem.budgets]
         cheapest = [fixed[0] + sum(m.costs[0] for m in menus)] + \
-                   [f + sum(layer[0] for layer in extra) for f, extra in zip(fixed[1:], other_costs)]
+                   [f + sum(layer.min() for layer in extra) for f, extra in zip(fixed[1:], other_costs)]
         short = [(b, problem.dense_cost_in(b.metric) / c) for b, c, t in zip(problem.budgets, cheapest, targets)
                  if c > t]
         if short:
-            best = problem.total_dense_cost / cheapest[0]
+            best = short[0][1]  # the ratio of the first budget out of reach, in its own metric
             raise BudgetUnreachableError(
                 "budget " + " and ".join(f"{b.metric} target_ratio={b.target_ratio:g}" for b, _ in short) +
                 " is unreachable: with every layer at its cheapest allowed option the model is only " +
@@ -178,7 +183,15 @@ class ContinuousRankSearch(RankSelector):
         self.menus = menus
         self.seconds = time.perf_counter() - start
         dense = RankChoice("dense", reason="the search spent the budget elsewhere (dense is within it here)")
-        return {m.name: (dense if m.choices[i].is_dense else m.choices[i]) for m, i in zip(menus, idx)}
+        choices = {m.name: (dense if m.choices[i].is_dense else m.choices[i]) for m, i in zip(menus, idx)}
+        missed = problem.missed(choices)
+        if missed:  # every layer at an option no cheaper one of which helps the exceeded budgets
+            raise BudgetUnreachableError(
+                f"budget {' and '.join(missed)} is unreachable together with the other budgets: no cheaper option of "
+                "any layer lowers the exceeded cost further. Lower the target ratio, relax the constraints "
+                "(min_rank, rank_multiple), or allow more layers.",
+                problem.missed_ratio(choices))
+        return choices
 
     @staticmethod
     def relax(menus, weights, fixed_cost, target, dense_total, opts, seed, other_costs=None
