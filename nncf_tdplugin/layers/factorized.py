@@ -54,8 +54,24 @@ class DecomposedLinear(_Decomposed):
 DecomposedLayer = Union[DecomposedConv2d, DecomposedLinear]
 
 
+def _own_forward(module: nn.Module) -> Optional[type]:
+    """The class of a Conv2d/Linear subclass that overrides ``forward`` (e.g. a conv with computed "same" padding,
+    a weight-standardised conv), or None when the forward is torch's own or NNCF's wrapper around it. Factor layers
+    reproduce only the plain forward, so such a layer must stay dense."""
+    for cls in type(module).__mro__:
+        if "forward" in cls.__dict__:
+            if cls in (nn.Conv2d, nn.Linear) or cls.__module__.startswith("nncf."):
+                return None
+            return cls
+    return None
+
+
 def is_decomposable(module: nn.Module) -> Optional[str]:
     """``None`` if ``module`` can be decomposed, else the reason it cannot."""
+    custom = _own_forward(module) if isinstance(module, (nn.Conv2d, nn.Linear)) else None
+    if custom is not None:
+        base = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
+        return f"custom forward ({custom.__name__} overrides {base}.forward)"
     if isinstance(module, nn.Linear):
         return None
     if isinstance(module, nn.Conv2d):

@@ -37,11 +37,14 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
             continue
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or id(module) not in names:
             continue
+        if node.node_type not in _WEIGHTED_OPS:  # e.g. the pad_0 node of a conv with padding_mode="reflect"
+            continue
         in_edges = [e for e in graph.get_input_edges(node) if e.input_port_id == 0]
         out_edges = graph.get_output_edges(node)
         if not in_edges or not out_edges:
             continue
-        found.append((node, module, tuple(in_edges[0].tensor_shape), tuple(out_edges[0].tensor_shape)))
+        found.append((node, module, _module_input_shape(model, graph, module, in_edges[0]),
+                      tuple(out_edges[0].tensor_shape)))
     calls: dict[int, int] = {}
     for _, module, _, _ in found:
         calls[id(module)] = calls.get(id(module), 0) + 1
@@ -55,6 +58,24 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
         layers.append(GraphLayer(names[id(module)], node.node_name, module, geometry, macs, calls[id(module)],
                                  _following_batchnorm_scale(model, graph, node), in_shape, out_shape))
     return layers
+
+
+_WEIGHTED_OPS = ("conv2d", "linear")
+
+
+def _module_input_shape(model: NNCFNetwork, graph, module: nn.Module, edge) -> tuple:
+    """Shape of the tensor that enters ``module``: a conv with a non-zero ``padding_mode`` pads in its own pad
+    node first, and the factor layers (whose first factor runs before any padding) see the unpadded input."""
+    while True:
+        source = edge.from_node
+        try:
+            inside = model.nncf.get_containing_module(source.node_name) is module
+        except Exception:  # noqa: BLE001 - a functional op outside modules
+            inside = False
+        earlier = [e for e in graph.get_input_edges(source) if e.input_port_id == 0] if inside else []
+        if not earlier:
+            return tuple(edge.tensor_shape)
+        edge = earlier[0]
 
 
 def _following_batchnorm_scale(model: NNCFNetwork, graph, node) -> Optional[torch.Tensor]:
