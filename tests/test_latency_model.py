@@ -44,6 +44,8 @@ def _shapes(module, x):
     (nn.Conv2d(8, 16, (3, 5), padding="same", dilation=2, bias=False), torch.randn(1, 8, 12, 10)),
     (nn.Conv2d(8, 16, 3, padding="valid"), torch.randn(1, 8, 9, 9)),
     (nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.randn(1, 16, 8, 8)),
+    (nn.Conv2d(8, 16, 3, padding=1, stride=2, padding_mode="reflect"), torch.randn(1, 8, 11, 11)),
+    (nn.Conv2d(8, 16, (3, 5), padding=(2, 1), dilation=(2, 1), padding_mode="circular"), torch.randn(1, 8, 9, 9)),
     (nn.Linear(12, 20), torch.randn(1, 12)),
     (nn.Linear(12, 20), torch.randn(1, 5, 12)),
 ])
@@ -68,6 +70,10 @@ def test_single_layer_models_have_the_torch_layers_shapes(module, x):
             compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             out = compiled(torch.randn(*shape).numpy())[0]
             assert out.size == torch.Size(out_shape).numel(), (method, ranks, out.shape, out_shape)
+            # a non-zero padding mode exports as a Pad node before every padded factor (two for CP's kx1 and 1xk)
+            pads = sum(op.get_type_name() == "Pad" for op in model.get_ops())
+            padded = isinstance(module, nn.Conv2d) and module.padding_mode != "zeros"
+            assert pads == (0 if not padded else 2 if method == "cp" else 1), (method, pads)
 
 
 def test_spec_keys_distinguish_everything_that_changes_latency():
@@ -77,8 +83,14 @@ def test_spec_keys_distinguish_everything_that_changes_latency():
                                                             (1, 16, 4, 4)),
                 LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 8, 8), (1, 16, 8, 8), int8=True),
                 LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1, bias=False), (1, 8, 8, 8), (1, 16, 8, 8)),
-                LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 9, 9), (1, 16, 9, 9))]
+                LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 9, 9), (1, 16, 9, 9)),
+                LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect"), (1, 8, 8, 8), (1, 16, 8, 8))]
     assert len({v.key for v in variants}) == len(variants)
+    # zero-padded keys did not change when the padding mode joined the spec (cached measurements stay valid)
+    assert base.key == "conv|8>16|k3x3|s1x1|pb1x1|pe1x1|d1x1|g1|hw8x8|b1|fp|dense|-"
+    # an unpadded conv's padding mode changes nothing it runs
+    assert (LayerSpec.of(nn.Conv2d(8, 16, 1, padding_mode="reflect"), (1, 8, 8, 8), (1, 16, 8, 8)).key
+            == LayerSpec.of(nn.Conv2d(8, 16, 1), (1, 8, 8, 8), (1, 16, 8, 8)).key)
     # the same layer from another model has the same key
     assert LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 8, 8), (1, 16, 8, 8)).key == base.key
 
@@ -105,6 +117,20 @@ def test_cache_round_trip_and_context_keying(tmp_path):
     cache.path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="precision"):
         LatencyCache(ctx, tmp_path)
+
+
+def test_the_cpu_identity_counts_the_cores_this_process_may_use(monkeypatch):
+    """Under taskset/a cpuset OpenVINO's automatic thread count follows the affinity set, so measurements with
+    threads=None taken on 1 of 2 cores must not share a cache file with those taken on both."""
+    from nncf_tdplugin.latency_model import specs
+
+    monkeypatch.setattr(specs.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    one = specs.cpu_identity()
+    monkeypatch.setattr(specs.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    two = specs.cpu_identity()
+    assert "| 1 cpus |" in one and "| 2 cpus |" in two
+    contexts = [MeasurementContext(cpu=cpu, openvino="1.0") for cpu in (one, two)]
+    assert contexts[0].cache_id != contexts[1].cache_id
 
 
 def test_two_processes_filling_one_cache_keep_each_others_entries(tmp_path):
@@ -307,6 +333,33 @@ def test_whole_model_calibration_times_the_dense_model(tmp_path):
         assert lat["dense_ms"] == pytest.approx(lat["whole_model_ms"])
     else:  # measured under load (the layers one by one slower than the whole model): the layer calibration
         assert lat["dense_ms"] > lat["whole_model_ms"] and "calibration" in lat["calibration_fallback"]
+
+
+def test_whole_model_cache_key_sees_the_ops_between_the_layers():
+    """Two models with the same weighted layers but another activation (or a residual add) between them must not
+    share a cached whole-model latency."""
+    from nncf.torch.model_creation import wrap_model
+
+    from nncf_tdplugin.nncf_integration.graph_layers import find_weighted_layers
+    from nncf_tdplugin.nncf_integration.latency_budget import whole_model_key
+
+    class Net(nn.Module):
+        def __init__(self, act, residual=False):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.act, self.residual = act, residual
+
+        def forward(self, x):
+            y = self.b(self.act(self.a(x)))
+            return y + x if self.residual else y
+
+    shape = (1, 8, 8, 8)
+    keys = []
+    for net in (Net(nn.ReLU()), Net(nn.ReLU()), Net(nn.Sigmoid()), Net(nn.ReLU(), residual=True)):
+        wrapped = wrap_model(net, torch.randn(*shape), trace_parameters=False)
+        keys.append(whole_model_key(wrapped, shape, find_weighted_layers(wrapped), int8=False))
+    assert keys[0] == keys[1]  # the same model, another instance
+    assert len({keys[0], keys[2], keys[3]}) == 3, keys
 
 
 def test_whole_model_calibration_falls_back_to_the_layers_when_the_layers_alone_take_longer(tmp_path, monkeypatch):

@@ -74,6 +74,21 @@ def _conv(x, cin, cout, kernel, stride=(1, 1), pads_begin=(0, 0), pads_end=(0, 0
     return y
 
 
+# torch's padding_mode -> OpenVINO's Pad mode; circular (which torch exports as slices and a concat) is timed as a
+# reflect pad, the same data movement
+_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "reflect"}
+
+
+def _pad(x, spec: dict, pads_begin, pads_end):
+    """A conv with a non-zero ``padding_mode`` exports as Pad -> Convolution (with no padding of its own)."""
+    mode = spec.get("pad_mode", "zeros")
+    if mode == "zeros" or not (any(pads_begin) or any(pads_end)):
+        return x, pads_begin, pads_end
+    x = ops.pad(x, ops.constant(np.array([0, 0, *pads_begin], np.int64)),
+                ops.constant(np.array([0, 0, *pads_end], np.int64)), _PAD_MODES[mode])
+    return x, (0, 0), (0, 0)
+
+
 def _linear(x, cin, cout, bias=False, int8=False, quantize_input=True):
     x = _quantize_activation(x, int8 and quantize_input)
     y = ops.matmul(x, _weight([cout, cin], int8), False, True)
@@ -132,21 +147,26 @@ def build_model(spec: dict, suffix: bool = False) -> tuple:
     k, st, pb, pe, d, g = (spec["kernel"], spec["stride"], spec["pads_begin"], spec["pads_end"], spec["dilation"],
                            spec["groups"])
     if method == "dense":
-        y = _conv(first, s, t, k, st, pb, pe, d, g, bias, int8, False)
+        y, b, e = _pad(first, spec, pb, pe)
+        y = _conv(y, s, t, k, st, b, e, d, g, bias, int8, False)
     elif method == "tucker2":
         r_out, r_in = ranks
         y = _conv(first, s, r_in, (1, 1), int8=int8, quantize_input=False)
-        y = _conv(y, r_in, r_out, k, st, pb, pe, d, 1, False, int8)
+        y, b, e = _pad(y, spec, pb, pe)
+        y = _conv(y, r_in, r_out, k, st, b, e, d, 1, False, int8)
         y = _conv(y, r_out, t, (1, 1), bias=bias, int8=int8)
     elif method == "svd":
         (r,) = ranks
-        y = _conv(first, s, r, k, st, pb, pe, d, 1, False, int8, False)
+        y, b, e = _pad(first, spec, pb, pe)
+        y = _conv(y, s, r, k, st, b, e, d, 1, False, int8, False)
         y = _conv(y, r, t, (1, 1), bias=bias, int8=int8)
     elif method == "cp":
         (r,) = ranks
         y = _conv(first, s, r, (1, 1), int8=int8, quantize_input=False)
-        y = _conv(y, r, r, (k[0], 1), (st[0], 1), (pb[0], 0), (pe[0], 0), (d[0], 1), r, False, int8)
-        y = _conv(y, r, r, (1, k[1]), (1, st[1]), (0, pb[1]), (0, pe[1]), (1, d[1]), r, False, int8)
+        y, b, e = _pad(y, spec, (pb[0], 0), (pe[0], 0))
+        y = _conv(y, r, r, (k[0], 1), (st[0], 1), b, e, (d[0], 1), r, False, int8)
+        y, b, e = _pad(y, spec, (0, pb[1]), (0, pe[1]))
+        y = _conv(y, r, r, (1, k[1]), (1, st[1]), b, e, (1, d[1]), r, False, int8)
         y = _conv(y, r, t, (1, 1), bias=bias, int8=int8)
     else:
         raise ValueError(f"unknown method {method!r}")

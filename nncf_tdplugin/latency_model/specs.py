@@ -35,6 +35,8 @@ class LayerSpec:
     int8: bool = False
     method: str = "dense"
     ranks: tuple = ()
+    # torch's padding_mode of a padded conv: anything but "zeros" exports as a Pad node before each padded factor
+    pad_mode: str = "zeros"
 
     @property
     def key(self) -> str:
@@ -44,6 +46,8 @@ class LayerSpec:
             shape = (f"conv|{self.in_channels}>{self.out_channels}|k{_pair(self.kernel)}|s{_pair(self.stride)}"
                      f"|pb{_pair(self.pads_begin)}|pe{_pair(self.pads_end)}|d{_pair(self.dilation)}|g{self.groups}"
                      f"|hw{_pair(self.in_hw)}")
+            if self.pad_mode != "zeros":  # zero-padded keys stay as they were (caches stay valid)
+                shape += f"|pm{self.pad_mode}"
         ranks = "x".join(str(r) for r in self.ranks) or "-"
         return f"{shape}|b{int(self.bias)}|{'i8' if self.int8 else 'fp'}|{self.method}|{ranks}"
 
@@ -86,9 +90,11 @@ class LayerSpec:
                 b = int(module.padding[axis])
             begin.append(b)
             end.append(max(total - b, 0))
+        padded = any(begin) or any(end)
+        pad_mode = module.padding_mode if padded else "zeros"
         # int(): a size attribute may be a 0-d tensor (NNCF's channel pruning sets some that way); the spec is JSON
         return cls("conv", int(module.in_channels), int(module.out_channels), kernel, stride, tuple(begin),
-                   tuple(end), dilation, int(module.groups), in_hw, 1, bias, int8)
+                   tuple(end), dilation, int(module.groups), in_hw, 1, bias, int8, pad_mode=pad_mode)
 
 
 def _pair(p) -> str:
@@ -96,7 +102,7 @@ def _pair(p) -> str:
 
 
 def cpu_identity() -> str:
-    """CPU model name, core count and the vector/matrix ISA flags OpenVINO's kernels depend on."""
+    """CPU model name, usable core count and the vector/matrix ISA flags OpenVINO's kernels depend on."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -108,7 +114,16 @@ def cpu_identity() -> str:
     except OSError:
         pass
     isa = "+".join(f for f in _CPU_FLAGS if f in flags)
-    return f"{name} | {os.cpu_count()} cpus | {isa}"
+    return f"{name} | {usable_cpus()} cpus | {isa}"
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity set, e.g. under ``taskset`` or a cpuset), which is what
+    OpenVINO's automatic thread count follows; ``os.cpu_count()`` counts the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

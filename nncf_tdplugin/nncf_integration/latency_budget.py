@@ -157,15 +157,32 @@ def _time_irs(xmls, input_shape, model: LatencyCostModel, iterations: int = 30, 
                         warmup=10, iterations=iterations, repeats=repeats)
 
 
+def whole_model_key(net, input_shape, layers, int8: bool) -> str:
+    """Cache key of a whole model's latency: the input shape, every weighted layer's spec, and the traced graph's
+    ops with their connections and output shapes (two models with the same layers but other activations, adds or
+    pooling between them run at different speeds)."""
+    import hashlib
+
+    signature = "|".join(LayerSpec.of(g.module, g.in_shape, g.out_shape, int8).key for g in layers)
+    if hasattr(net, "nncf"):
+        graph = net.nncf.get_original_graph()
+        order = graph.topological_sort()
+        index = {node.node_id: i for i, node in enumerate(order)}
+        ops = []
+        for node in order:
+            inputs = ",".join(str(index[e.from_node.node_id]) for e in graph.get_input_edges(node))
+            outputs = ";".join(str(tuple(e.tensor_shape)) for e in graph.get_output_edges(node)[:1])
+            ops.append(f"{node.node_type}({inputs}){outputs}")
+        signature += "||" + "|".join(ops)
+    return f"model:{hashlib.sha1(f'{input_shape}|{signature}'.encode()).hexdigest()[:16]}|{'i8' if int8 else 'fp'}"
+
+
 def whole_model_latency(net, input_shape, model: LatencyCostModel, layers) -> float:
     """Latency (ms) of the whole dense model at the cost model's settings, converted to OpenVINO and timed in worker
-    processes, cached under a key made of every layer's spec and the input shape."""
-    import hashlib
+    processes, cached under :func:`whole_model_key`."""
     import tempfile
 
-    int8 = bool(model.settings.int8)
-    signature = "|".join(LayerSpec.of(g.module, g.in_shape, g.out_shape, int8).key for g in layers)
-    key = f"model:{hashlib.sha1(f'{input_shape}|{signature}'.encode()).hexdigest()[:16]}|{'i8' if int8 else 'fp'}"
+    key = whole_model_key(net, input_shape, layers, bool(model.settings.int8))
     cached = model.cache.get(key)
     if cached is not None:
         return cached
