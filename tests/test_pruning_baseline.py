@@ -72,3 +72,25 @@ def test_materializing_needs_a_pruning_controller_and_the_original_model(pruned)
     other = nn.Sequential(nn.Conv2d(1, 4, 3))
     with pytest.raises(ValueError, match="layer '0' of the original model"):
         materialize_pruned_model(ctrl, other)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm = nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(16, 16)
+        self.conv2, self.fc = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv2(torch.relu(self.norm(self.conv1(x)))).mean((2, 3)))
+
+
+def test_a_pruned_layer_that_cannot_be_rebuilt_is_named_not_copied_at_its_old_size():
+    """NNCF's pruner also cuts GroupNorm; copying it unchanged gave a model that failed (or worse) at run time."""
+    torch.manual_seed(0)
+    base = GroupNormNet().eval()
+    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 28, 28]}, "compression": [
+        {"algorithm": "filter_pruning", "pruning_init": 0.5,
+         "params": {"schedule": "baseline", "num_init_steps": 0, "prune_first_conv": True}}]})
+    ctrl, _ = create_compressed_model(copy.deepcopy(base), register_default_init_args(config, _loader()))
+    with pytest.raises(ValueError, match=r"layer 'norm' \(GroupNorm\) was pruned \(weight \(16,\) -> \(8,\)\)"):
+        materialize_pruned_model(ctrl, base)

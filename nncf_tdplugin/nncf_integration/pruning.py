@@ -23,6 +23,29 @@ from nncf_tdplugin.nncf_integration._internals import free_kd_loss_storage
 PRUNING_ALGO = "filter_pruning"
 
 
+REBUILT = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)
+
+
+def _check_unchanged(name: str, module: torch.nn.Module, cut: torch.nn.Module) -> None:
+    """A module this function does not rebuild must have kept its shapes in the cut model (NNCF's pruner also cuts
+    GroupNorm, BatchNorm1d, ConvTranspose...): copying it unchanged would give a model that fails or is wrong."""
+    own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+    if not own:
+        return
+    try:
+        src = cut.get_submodule(name)
+    except AttributeError:
+        return  # not wrapped by NNCF under this name; nothing of it was cut
+    for attr, tensor in own:
+        cut_tensor = getattr(src, attr, None)
+        if isinstance(cut_tensor, torch.Tensor) and tuple(cut_tensor.shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"materialize_pruned_model: layer '{name}' ({type(module).__name__}) was pruned ({attr} "
+                f"{tuple(tensor.shape)} -> {tuple(cut_tensor.shape)}), but only "
+                f"{', '.join(t.__name__ for t in REBUILT)} layers can be rebuilt at the pruned size; exclude the "
+                f"layers feeding it from pruning (filter_pruning.ignored_scopes)")
+
+
 def materialize_pruned_model(ctrl, original: torch.nn.Module) -> torch.nn.Module:
     """A plain torch copy of ``original`` with the pruned channels of a ``filter_pruning`` controller removed.
 
@@ -46,7 +69,8 @@ def materialize_pruned_model(ctrl, original: torch.nn.Module) -> torch.nn.Module
     ModelPruner(cut, cut.nncf.get_original_graph(), PT_PRUNING_OPERATOR_METATYPES, PrunType.CUT_WEIGHTS).prune_model()
     plain = copy.deepcopy(original)
     for name, module in list(plain.named_modules()):
-        if not isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)):
+        if not isinstance(module, REBUILT):
+            _check_unchanged(name, module, cut)
             continue
         try:
             src = cut.get_submodule(name)
