@@ -14,13 +14,15 @@ import jsonschema
 ALGO_NAME = "tensor_decomposition"
 
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
+# The branches are disjoint (JSON Schema counts 2.0 as an integer, so the fraction branch excludes integers): the
+# meaning is then decided by the Python type in TDConfig.from_section, an int being a rank and a float a fraction.
 _RANKS = {
     "oneOf": [
-        {"type": "integer", "minimum": 1, "description": "one rank (SVD, CP), or both Tucker-2 ranks"},
+        {"type": "integer", "minimum": 1, "description": "an integer: one rank (SVD, CP), or both Tucker-2 ranks"},
         {"type": "array", "items": _POSITIVE_INT, "minItems": 1, "maxItems": 2,
          "description": "[R_out, R_in] for Tucker-2, [R] for SVD/CP"},
-        {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-         "description": "a fraction of the layer's full ranks"},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "not": {"type": "integer"},
+         "description": "a float in (0, 1]: a fraction of the layer's full ranks"},
     ]
 }
 
@@ -215,14 +217,16 @@ TD_SCHEMA: dict[str, Any] = {
         "layers": {
             "type": "object",
             "description": "Per-layer overrides, keyed by module name (e.g. 'layer1.0.conv1'), NNCF node name, "
-            "or a regex prefixed with '{re}' matched against both.",
+            "or a regex prefixed with '{re}' matched against both. A key naming a layer exactly wins over a regex "
+            "that matches it; two regexes (or two names) that match one layer must give it the same settings.",
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
                     "method": {"enum": ["tucker2", "cp", "svd"], "description": "Method for this layer."},
-                    "ranks": {**_RANKS, "description": "Fixed ranks for this layer: an int, [R_out, R_in] for "
-                              "Tucker-2, or a fraction in (0, 1] of the layer's full ranks."},
+                    "ranks": {**_RANKS, "description": "Fixed ranks for this layer: an integer rank (1 is rank 1), "
+                              "[R_out, R_in] for Tucker-2, or a float in (0, 1], the fraction of the layer's full "
+                              "ranks (1.0 keeps them all)."},
                     "exclude": {"type": "boolean", "description": "Keep this layer dense."},
                 },
             },
@@ -387,9 +391,29 @@ def _schema_error(section: dict) -> Optional[str]:
 def _schema_at(path: list) -> dict:
     node = TD_SCHEMA
     for p in path:
+        if isinstance(p, int):  # an array index: the schema of the array's items
+            node = node.get("items", {})
+            continue
         props = node.get("properties", {})
         node = props[p] if p in props else node.get("additionalProperties", {})
-    return node
+    return node if isinstance(node, dict) else {}
+
+
+def _check_layer_ranks(section: dict) -> None:
+    """``layers.<name>.ranks`` by Python type: an int is a rank, a float a fraction in (0, 1] of the full ranks, a list
+    holds integer ranks. JSON Schema cannot tell 2 from 2.0, so a float above 1 is caught here, before the schema."""
+    layers = section.get("layers")
+    if not isinstance(layers, dict):
+        return
+    for name, spec in layers.items():
+        ranks = spec.get("ranks") if isinstance(spec, dict) else None
+        where = _path(["layers", name, "ranks"])
+        if isinstance(ranks, float) and ranks > 1:
+            example = f" (e.g. {int(ranks)})" if math.isfinite(ranks) else ""
+            raise TDConfigError(f"{where}: {ranks!r} is a float above 1; write an integer rank{example} or a "
+                                f"fraction in (0, 1] of the layer's full ranks")
+        if isinstance(ranks, list) and any(isinstance(r, float) for r in ranks):
+            raise TDConfigError(f"{where}: {ranks!r}: the ranks in a list must be integers")
 
 
 def defaults(schema: dict = TD_SCHEMA) -> dict:
@@ -457,6 +481,7 @@ class TDConfig:
         """Validate the algorithm's config section (the dict with ``"algorithm": "tensor_decomposition"``)."""
         if not isinstance(section, dict):
             raise TDConfigError(f"{ALGO_NAME}: the algorithm block must be a JSON object, got {section!r}")
+        _check_layer_ranks(section)
         message = _schema_error(section)
         if message:
             raise TDConfigError(message)

@@ -48,6 +48,17 @@ from tests.nncf_helpers import compress, make_config
          r"tensor_decomposition\.budget\.additional\[0\]\.target_ratio: 0\.5 is less than or equal to"),
         ({"budget": {"additional": [{"metric": "flops"}]}},
          r"tensor_decomposition\.budget\.additional\[0\]: 'target_ratio' is a required property"),
+        ({"budget": {"additional": [{"metric": "flops", "target_ratio": 2, "foo": 1}]}},
+         r"tensor_decomposition\.budget\.additional\[0\]: unknown key\(s\) \['foo'\]; allowed keys are "
+         r"\['metric', 'target_ratio'\]$"),
+        ({"layers": {"conv4": {"ranks": 2.0}}},
+         r"tensor_decomposition\.layers\.conv4\.ranks: 2\.0 is a float above 1; write an integer rank \(e\.g\. 2\) or "
+         r"a fraction in \(0, 1\]"),
+        ({"layers": {"conv4": {"ranks": 2.5}}},
+         r"tensor_decomposition\.layers\.conv4\.ranks: 2\.5 is a float above 1; write an integer rank"),
+        ({"layers": {"conv2": {"ranks": [12.0, 6]}}},
+         r"tensor_decomposition\.layers\.conv2\.ranks: \[12\.0, 6\]: the ranks in a list must be integers"),
+        ({"layers": {"conv4": {"ranks": 0.0}}}, r"tensor_decomposition\.layers\.conv4\.ranks: 0\.0 is not valid"),
         ({"budget": {"metric": "latency", "target_ratio": 2, "additional": [{"metric": "flops", "target_ratio": 2}]},
           "rank_learning": {"num_epochs": 2}},
          r"tensor_decomposition\.budget\.additional: not supported with 'rank_learning' under budget\.metric "
@@ -107,6 +118,57 @@ def test_quantization_before_decomposition_is_rejected_with_the_fix():
     from tests.models import LowRankCNN
 
     with pytest.raises(TDConfigError, match=r"must come before \['quantization'\].*\['tensor_decomposition', 'quantization'\]"):
+        create_compressed_model(LowRankCNN(), config)
+
+
+@pytest.mark.parametrize("ranks,expected", [(1, (1,)), (1.0, (64,)), (0.25, (16,)), (5, (5,))])
+def test_layer_ranks_int_is_a_rank_and_float_a_fraction(ranks, expected):
+    block = {"algorithm": "tensor_decomposition", "rank_selection": "fraction", "rank_fraction": 0.5,
+             "layers": {"conv4": {"ranks": ranks}}}  # conv4: 1x1, 128x64 -> SVD, full rank 64
+    ctrl, model = compress(td_block=block, quantization=False)
+    assert model.conv4.ranks == expected
+
+
+def test_exact_layer_name_wins_over_a_regex():
+    block = {"algorithm": "tensor_decomposition", "rank_selection": "fraction", "rank_fraction": 0.5,
+             "layers": {"{re}conv.*": {"exclude": True}, "conv3": {"ranks": 4}}}
+    ctrl, model = compress(td_block=block, quantization=False)
+    assert model.conv3.ranks == (4, 4)
+    assert "excluded" in ctrl.statistics().tensor_decomposition.skipped["conv2"]
+
+
+def test_two_regexes_with_different_settings_for_one_layer_are_rejected():
+    block = {"algorithm": "tensor_decomposition", "rank_selection": "fraction", "rank_fraction": 0.5,
+             "layers": {"{re}^conv[23]$": {"ranks": 4}, "{re}^conv3$": {"exclude": True}}}
+    with pytest.raises(TDConfigError, match=r"layer 'conv3' is matched by the regexes '\{re\}\^conv\[23\]\$' and "
+                                            r"'\{re\}\^conv3\$', which give it different settings"):
+        compress(td_block=block, quantization=False)
+    same = {**block, "layers": {"{re}^conv[23]$": {"ranks": 4}, "{re}^conv3$": {"ranks": 4}}}  # same settings: fine
+    assert compress(td_block=same, quantization=False)[1].conv3.ranks == (4, 4)
+
+
+def test_wrong_order_suggestion_keeps_knowledge_distillation_first():
+    from nncf_tdplugin.nncf_integration.builder import _check_position
+
+    kd, q, td = ({"algorithm": a} for a in ("knowledge_distillation", "quantization", "tensor_decomposition"))
+    with pytest.raises(TDConfigError, match=r"must come before \['quantization'\].*Reorder the 'compression' list "
+                                            r"as \['knowledge_distillation', 'tensor_decomposition', 'quantization'\]"):
+        _check_position({"compression": [kd, q, td]})
+    _check_position({"compression": [kd, td, q]})  # the right order passes
+
+
+def test_knowledge_distillation_after_decomposition_is_rejected():
+    config = nncf.NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 3, 32, 32]},
+        "compression": [{"algorithm": "tensor_decomposition"}, {"algorithm": "knowledge_distillation",
+                                                                 "type": "softmax"}],
+    })
+    from nncf.torch import create_compressed_model
+    from tests.models import LowRankCNN
+
+    with pytest.raises(TDConfigError, match=r"\['knowledge_distillation'\] must come before 'tensor_decomposition'.*"
+                                            r"teacher would be the decomposed model.*Reorder the 'compression' list "
+                                            r"as \['knowledge_distillation', 'tensor_decomposition'\]"):
         create_compressed_model(LowRankCNN(), config)
 
 

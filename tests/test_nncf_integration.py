@@ -191,3 +191,70 @@ def test_default_budget_is_reachable_when_dense_layers_dominate():
     with pytest.raises(ValueError, match="unreachable"):
         compress(BigHead(), td_block={"algorithm": "tensor_decomposition", "budget": {"target_ratio": 2.0}},
                  quantization=False)
+
+
+def test_strip_returns_a_copy_when_asked():
+    ctrl, model = compress(td_block={"algorithm": "tensor_decomposition", "rank_selection": "fraction",
+                                     "rank_fraction": 0.5}, quantization=False)  # the only algorithm
+    copied = ctrl.strip()  # do_copy=True is the default
+    assert copied is not model and copied.conv3 is not model.conv3
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(copied.eval()(x), model.eval()(x))
+    assert ctrl.strip(do_copy=False) is model
+
+
+def test_frozen_layer_gives_frozen_factors_also_on_resume():
+    def frozen_conv3():
+        m = LowRankCNN()
+        for p in m.conv3.parameters():
+            p.requires_grad_(False)
+        return m
+
+    block = {"algorithm": "tensor_decomposition", "rank_selection": "fraction", "rank_fraction": 0.5}
+    ctrl, model = compress(frozen_conv3(), td_block=block, quantization=False)
+    ctrl2, model2 = compress(frozen_conv3(), td_block=block, quantization=False,
+                             compression_state=ctrl.get_compression_state())
+    for m in (model, model2):
+        conv3 = dict(m.conv3.named_parameters())
+        assert "out_proj.bias" in conv3 and not any(p.requires_grad for p in conv3.values()), \
+            {n: p.requires_grad for n, p in conv3.items()}
+        assert all(p.requires_grad for p in m.conv2.parameters())
+
+
+def test_knowledge_distillation_before_decomposition_keeps_a_dense_teacher():
+    import nncf
+    from nncf.torch import create_compressed_model
+
+    config = nncf.NNCFConfig.from_dict({
+        "input_info": {"sample_size": [1, 3, 32, 32]},
+        "compression": [{"algorithm": "knowledge_distillation", "type": "softmax"},
+                        {"algorithm": "tensor_decomposition", "rank_selection": "fraction", "rank_fraction": 0.5}],
+    })
+    ctrl, model = create_compressed_model(LowRankCNN(), config)
+    assert isinstance(model.conv3, DecomposedConv2d)
+    teacher = model.nncf._kd_loss_handler._kd_original_model  # NNCF-private: where KD keeps its teacher
+    assert not any(isinstance(m, (DecomposedConv2d, DecomposedLinear)) for m in teacher.modules())
+
+
+def test_compression_rate_is_in_the_budget_metric_and_scope():
+    block = {"algorithm": "tensor_decomposition", "rank_selection": "uniform",
+             "budget": {"metric": "flops", "target_ratio": 1.5, "scope": "decomposable"}}
+    ctrl, _ = compress(td_block=block, quantization=False)
+    td = ctrl.statistics().tensor_decomposition
+    assert td.achieved_ratio >= 1.5
+    assert ctrl.compression_rate == pytest.approx(1 - 1 / td.achieved_ratio)
+    assert ctrl.compression_rate != pytest.approx(1 - 1 / td.macs_ratio)  # not the whole-model ratio
+    assert ctrl.compression_rate != pytest.approx(1 - 1 / td.params_ratio)  # nor the parameters
+    with pytest.raises(AttributeError, match="budget.target_ratio"):  # fixed ranks: the rate cannot be set
+        ctrl.compression_rate = 0.5
+    assert ctrl.compression_rate == pytest.approx(1 - 1 / td.achieved_ratio)
+
+
+def test_fixed_energy_threshold_records_no_target():
+    ctrl, _ = compress(td_block={"algorithm": "tensor_decomposition", "rank_selection": "energy",
+                                 "energy_threshold": 0.9}, quantization=False)
+    assert ctrl.plan["target_ratio"] is None
+    td = ctrl.statistics().tensor_decomposition
+    assert td.target_ratio is None
+    row = next(line for line in td.to_str().splitlines() if "Target ratio" in line)
+    assert "x" not in row.replace("Target ratio", "") and "-" in row

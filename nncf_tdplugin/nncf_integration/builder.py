@@ -225,7 +225,9 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         assert cand_names >= set(plan_layers)
         return {
             "layers": plan_layers, "skipped": skipped, "metric": metric, "rank_selection": cfg.rank_selection,
-            "target_ratio": cfg.target_ratio if cfg.rank_selection != "fraction" else None,
+            # no target without a budget: rank_selection 'fraction', or 'energy' with a fixed energy_threshold
+            "target_ratio": None if cfg.rank_selection == "fraction" or cfg.energy_threshold is not None
+            else cfg.target_ratio,
             "budget_scope": cfg.budget_scope,
             "achieved_ratio": problem.ratio(choices) if candidates else 1.0,
             # budget.additional: the configured targets (rank learning selects at scaled-down ones first)
@@ -263,7 +265,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             else:
                 factorized = build_factorized(dense, entry["method"], entry["ranks"])
             for child_name, child in list(factorized.named_children()):
-                child.weight.requires_grad_(dense.weight.requires_grad)
+                _copy_requires_grad(dense, child)
                 setattr(factorized, child_name, nncf_module_from(child))
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, factorized)
@@ -286,6 +288,14 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         nncf_logger.info(f"{ALGO_NAME}: input statistics of {len(todo)} layers in {time.perf_counter() - start:.1f} s")
 
 
+def _copy_requires_grad(dense: nn.Module, factor: nn.Module) -> None:
+    """A frozen dense layer (NNCF's frozen_layers, requires_grad False) gives frozen factors: every factor weight
+    follows the dense weight, the bias (on the last factor) the dense bias."""
+    for param_name, param in factor.named_parameters(recurse=False):
+        source = getattr(dense, param_name, None) if param_name == "bias" else None
+        param.requires_grad_((source if isinstance(source, torch.Tensor) else dense.weight).requires_grad)
+
+
 def _single_input_shape(config) -> Optional[list]:
     """The sample size of the model's only input in ``input_info`` (None for several inputs)."""
     info = config.get("input_info")
@@ -298,23 +308,41 @@ class _Override:
     def __init__(self, key: str, spec):
         self.key, self.method, self.ranks, self.exclude = key, spec.method, spec.ranks, spec.exclude
 
+    @property
+    def settings(self) -> tuple:
+        return self.method, self.ranks, self.exclude
+
 
 def _check_position(config) -> None:
+    """Reject a config order that silently goes wrong: an algorithm before this one that places its operations on the
+    dense layers (quantization, pruning, sparsity), or knowledge distillation after it (NNCF's KD builder copies the
+    model as the teacher when its own layout is built, so after this one's swap the teacher would be decomposed)."""
     section = config.get("compression", [])
     algos = [s.get("algorithm") for s in (section if isinstance(section, list) else [section])]
-    before = algos[: algos.index(ALGO_NAME)] if ALGO_NAME in algos else []
-    bad = [a for a in before if a not in ALLOWED_BEFORE]
+    if ALGO_NAME not in algos:
+        return
+    at = algos.index(ALGO_NAME)
+    bad = [a for a in algos[:at] if a not in ALLOWED_BEFORE]
+    late = [a for a in algos[at + 1:] if a in ALLOWED_BEFORE]
+    if not bad and not late:
+        return
+    order = [a for a in algos if a in ALLOWED_BEFORE] + [ALGO_NAME] + \
+            [a for a in algos if a != ALGO_NAME and a not in ALLOWED_BEFORE]
+    problems = []
     if bad:
-        order = [ALGO_NAME] + [a for a in algos if a != ALGO_NAME]
-        raise TDConfigError(
-            f"compression: '{ALGO_NAME}' must come before {bad} in the 'compression' list, because they place "
-            f"their operations on the layers it replaces. Reorder it as {order}."
-        )
+        problems.append(f"'{ALGO_NAME}' must come before {bad}, because they place their operations on the layers "
+                        f"it replaces")
+    if late:
+        problems.append(f"{late} must come before '{ALGO_NAME}', because knowledge distillation copies the model "
+                        f"as its teacher when its turn in the list comes: placed after '{ALGO_NAME}', the teacher "
+                        f"would be the decomposed model instead of the dense one")
+    raise TDConfigError(f"compression: {'; and '.join(problems)}. Reorder the 'compression' list as {order}.")
 
 
 def _match_overrides(cfg: TDConfig, layers: list[GraphLayer]) -> dict[str, _Override]:
-    """Map module name -> override; every key must match at least one layer."""
-    result: dict[str, _Override] = {}
+    """Map module name -> override; every key must match at least one layer. A key naming the layer exactly wins over
+    a '{re}' regex; two keys of the same kind that match one layer must give it the same settings."""
+    matches: dict[str, dict[bool, list[_Override]]] = {}  # module name -> {is regex: overrides}
     for key, spec in cfg.layers.items():
         if key.startswith("{re}"):
             pattern = re.compile(key[4:])
@@ -328,7 +356,20 @@ def _match_overrides(cfg: TDConfig, layers: list[GraphLayer]) -> dict[str, _Over
                 f"(e.g. {sample}), an NNCF node name, or a '{{re}}' regex."
             )
         for lyr in hits:
-            result.setdefault(lyr.module_name, _Override(key, spec))
+            by_kind = matches.setdefault(lyr.module_name, {False: [], True: []})
+            by_kind[key.startswith("{re}")].append(_Override(key, spec))
+    result: dict[str, _Override] = {}
+    for name, by_kind in matches.items():
+        found = by_kind[False] or by_kind[True]  # an exact name wins over a regex
+        for other in found[1:]:
+            if other.settings != found[0].settings:
+                kind = "regexes" if found is by_kind[True] else "names"
+                raise TDConfigError(
+                    f"{ALGO_NAME}.layers: layer '{name}' is matched by the {kind} {found[0].key!r} and {other.key!r}, "
+                    f"which give it different settings; make the keys match different layers, or give both the "
+                    f"same settings"
+                )
+        result[name] = found[0]
     return result
 
 
@@ -365,7 +406,7 @@ def _fixed_choice(module: nn.Module, method: str, override: _Override, cfg: TDCo
     where = f"{ALGO_NAME}.layers[{override.key!r}].ranks"
     ranks = override.ranks
     full = max_ranks(module.weight.shape, method)
-    if isinstance(ranks, float):  # a fraction of the full ranks (the schema keeps it in (0, 1])
+    if isinstance(ranks, float):  # a fraction of the full ranks (TDConfig keeps a float in (0, 1])
         constraints = RankConstraints(cfg.min_rank, cfg.max_rank_fraction, cfg.rank_multiple)
         ranks = [constraints.clamp(ranks * f, f) for f in full]
     elif isinstance(ranks, int):  # one int: the rank of SVD/CP, or both Tucker-2 ranks

@@ -66,16 +66,24 @@ class TensorDecompositionController(PTCompressionAlgorithmController):
 
     @property
     def compression_rate(self) -> float:
-        """Fraction of the budget metric removed: 1 - 1/ratio (0.5 for a model twice smaller)."""
-        stats = self._collect()
-        ratio = stats.params_ratio if self.plan["metric"] == "params" else stats.macs_ratio
-        return 1.0 - 1.0 / ratio
+        """Fraction of the budget metric removed, in the budget's scope: 1 - 1/ratio (0.5 for a model twice smaller),
+        the ratio being the one the plan reached (``achieved_ratio``: parameters, MACs or the latency cost model's
+        milliseconds, over the whole model or the decomposable layers as ``budget.scope`` says)."""
+        ratio = self.plan.get("achieved_ratio")
+        if ratio is None:  # a plan saved before achieved_ratio was recorded
+            stats = self._collect()
+            ratio = stats.params_ratio if self.plan["metric"] == "params" else stats.macs_ratio
+        return 1.0 - 1.0 / max(float(ratio), 1e-12)
 
     @compression_rate.setter
     def compression_rate(self, value: float) -> None:
+        """Not settable: the ranks are fixed before training. (This controller is not registered as an adaptive one,
+        so NNCF's adaptive accuracy-aware loop never sets it; the early-exit loop only reads the getter.)"""
         raise AttributeError(
-            f"{ALGO_NAME}: the compression rate of a fixed decomposition is set by 'budget.target_ratio' in the "
-            f"config before the model is built; it cannot change during training."
+            f"{ALGO_NAME}: the compression rate of a fixed decomposition ({self.compression_rate:.4f} of the "
+            f"{self.plan['metric']} in budget.scope {self.plan.get('budget_scope', 'model')!r}) is set by "
+            f"'budget.target_ratio' in the config before the model is built; it cannot change during training "
+            f"(use 'rank_learning' for a settable one)."
         )
 
     def _collect(self) -> TensorDecompositionStatistics:
@@ -108,5 +116,9 @@ class TensorDecompositionController(PTCompressionAlgorithmController):
         return stats
 
     def strip_model(self, model: NNCFNetwork, do_copy: bool = False, strip_format=None) -> NNCFNetwork:
-        """Factor layers are plain layers already: nothing to strip."""
+        """Factor layers are plain layers already: nothing to strip; a copy of ``model`` when ``do_copy``."""
+        if do_copy:
+            from nncf.common.utils.backend import copy_model
+
+            model = copy_model(model)
         return model
