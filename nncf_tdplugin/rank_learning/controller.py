@@ -57,8 +57,7 @@ class RankLearningController(TensorDecompositionController):
     @property
     def frozen(self) -> bool:
         sched = self._scheduler
-        return self.truncated or getattr(sched, "frozen", False) or \
-            getattr(sched, "override_ratio", None) is not None
+        return self.truncated or sched.frozen or sched.override_ratio is not None
 
     def load_state(self, state: dict[str, dict[str, Any]]) -> None:
         if self.name in state:  # the scheduler first, so the stage check below compares like with like
@@ -263,11 +262,30 @@ class RankLearningController(TensorDecompositionController):
             return {}
         node_of = self._node_of if model is self.model else factor_nodes(model)
         edges = edge_activation_quantizers(model, groups, node_of)
-        keep = {g.key: g.gate.keep.clone() for g in groups}  # the current projection (== mask once frozen)
+        self._harden_masks(groups)
+        keep = {g.key: g.gate.keep.clone() for g in groups}  # the current projection (== mask from here on)
         new_ranks = truncate_groups(groups, keep, edges)
         if hasattr(model, "nncf"):
             model.nncf.rebuild_graph()
         return new_ranks
+
+    @torch.no_grad()
+    def _harden_masks(self, groups: list[GateGroup]) -> None:
+        """Before truncation: masks = the current projection (``keep``). Only ``masking: "soft"`` before the freeze
+        differs (masks all ones, the channels outside the projection still in the forward pass): truncation keeps
+        the projection's channels, so the masks are made hard first, and the truncated model computes what the
+        masked model computes, at the ranks ``achieved_ratio`` and ``compression_rate`` report."""
+        changed = False
+        for g in groups:
+            if not torch.equal(g.gate.mask, g.gate.keep):
+                g.gate.mask.copy_(g.gate.keep)
+                changed = True
+        if changed:
+            nncf_logger.warning(
+                f"{ALGO_NAME}.rank_learning: stripping/truncating before the freeze (masking 'soft') fixes the ranks "
+                f"of the current projection ({self.achieved_ratio:.3f}x; scheduled {self.current_ratio_value():.3f}x, "
+                f"target {self.rl['target_ratio']:.3f}x): the channels outside it are dropped (hard masks) before "
+                f"their gates reached zero, so the outputs differ from the soft-masked model's")
 
     def truncate(self) -> dict[str, list[int]]:
         """Slice the live model's factor layers to the current ranks (the optimizer must be re-created: parameters
@@ -345,18 +363,19 @@ class RankLearningController(TensorDecompositionController):
         return 1.0 - 1.0 / reachable_ratio(self.plan) if not self.truncated else self.compression_rate
 
     def disable_scheduler(self) -> None:
-        """NNCF's accuracy-aware loop replaces the scheduler by a stub; the rank state stays where it is."""
-        override = getattr(self._scheduler, "override_ratio", None)
-        frozen = getattr(self._scheduler, "frozen", False)
-        super().disable_scheduler()
-        # keep the attributes the controller reads
-        self._scheduler.override_ratio = override if override is not None else self.current_ratio_value()
-        self._scheduler.frozen = frozen
-        self._scheduler.current_ratio = self._scheduler.override_ratio
-        self._scheduler.target_ratio = self._scheduler.override_ratio
+        """NNCF's accuracy-aware loop calls this before it sets ``compression_rate``. The scheduler is kept (not
+        swapped for NNCF's stub, whose empty state could not be resumed from) and marked ``disabled``: ``step()`` and
+        ``epoch_step()`` do nothing, the ranks stay at the current budget (held as the rate set from outside until
+        ``compression_rate`` sets another), and the state saved with a checkpoint still carries that rate and
+        ``frozen``."""
+        sched = self._scheduler
+        if sched.override_ratio is None:
+            sched.override_ratio = sched.current_ratio
+        sched.disabled = True
 
     def current_ratio_value(self) -> float:
-        return getattr(self._scheduler, "current_ratio", self.achieved_ratio)
+        """The budget ratio scheduled now (the rate set through ``compression_rate`` once set)."""
+        return self._scheduler.current_ratio
 
     def _collect(self) -> TensorDecompositionStatistics:
         plan = self.plan
@@ -369,15 +388,14 @@ class RankLearningController(TensorDecompositionController):
             if "latency_ms" in e:
                 layers[name]["latency_ms"] = self._layer_cost(name, ranks[name])
         sched = self._scheduler
-        epoch = getattr(sched, "current_epoch", -1)
+        epoch = sched.current_epoch
         state = "truncated" if self.truncated else ("frozen" if self.frozen else "learning")
         schedule = self.rl["schedule"]
         extra = {
             "Rank learning": f"{schedule}, epoch {max(epoch, 0)} of {self.rl['schedule_end']} "
                              f"(freeze at {self.rl['freeze_epoch']}), {state}",
-            "Scheduled budget": f"{getattr(sched, 'current_ratio', self.achieved_ratio):.3f}x "
-                                f"(initial {self.rl['initial_ratio']:.3f}x, target "
-                                f"{getattr(sched, 'target_ratio', self.rl['target_ratio']):.3f}x)",
+            "Scheduled budget": f"{sched.current_ratio:.3f}x (initial {self.rl['initial_ratio']:.3f}x, target "
+                                f"{sched.target_ratio:.3f}x)",
             "Initial ranks -> now": f"{sum(sum(r) for r in self.info['initial_ranks'].values())} -> "
                                     f"{sum(sum(r) for r in ranks.values())} rank channels",
         }
@@ -399,8 +417,7 @@ class RankLearningController(TensorDecompositionController):
                 rows["Frozen ranks, measured"] = (f"{final['measured_ms']:.3f} ms ({final['measured_ratio']:.3f}x, "
                                                   f"target {self.rl['target_ratio']:.3f}x)")
             extra.update(rows)
-        return self._statistics(layers, getattr(sched, "target_ratio", self.rl["target_ratio"]), self.achieved_ratio,
-                                extra)
+        return self._statistics(layers, sched.target_ratio, self.achieved_ratio, extra)
 
 
 if "pt_tensor_decomposition" not in ADAPTIVE_COMPRESSION_CONTROLLERS.registry_dict:

@@ -5,7 +5,8 @@ The budget is a ratio ``dense cost / compressed cost`` in the metric and scope o
 
 - ``exponential``: ``r(t) = r0 * (rT / r0) ** (t / E)`` for ``t`` in epochs (fractional within an epoch once the
   number of steps per epoch is known: ``steps_per_epoch`` if configured, else counted in the first epoch and used
-  from the second on), ``E = num_epochs``. The allowed cost
+  from the second on; the k-th batch of epoch e, k from 1, trains at ``t = e + (k - 1) / steps_per_epoch`` as in
+  NNCF's sparsity schedulers), ``E = num_epochs``. The allowed cost
   ``C / r(t)`` thus decays exponentially, like NNCF's exponential sparsity schedule of the density.
 - ``multistep``: ``r = r0`` before ``multistep_epochs[0]``, then ``multistep_ratios[i]`` from epoch
   ``multistep_epochs[i]`` on (NNCF's multistep schedule).
@@ -38,8 +39,16 @@ class RankLearningScheduler(BaseCompressionScheduler):
 
     Every ``update_every`` steps and at every epoch start the controller re-projects the gates onto the scheduled
     budget (the Z-step); at ``freeze_epoch`` it freezes the ranks at the target. The state (epoch, step, steps per
-    epoch, frozen, a budget set through ``compression_rate``) round-trips through ``get_state``/``load_state``; the
-    per-channel state is in the model's ``state_dict``.
+    epoch, frozen, a budget set through ``compression_rate``, disabled) round-trips through
+    ``get_state``/``load_state``; the per-channel state is in the model's ``state_dict``.
+
+    One dual update per gradient step: when the Z-step of an epoch start and the periodic one of the epoch's first
+    step coincide (``current_step % update_every == 0``), the step does not project again (the budget is the same;
+    a second dual update with no gradient step between would add ``g - z`` to the dual twice).
+
+    ``disabled`` (set by the controller's ``disable_scheduler()``, which NNCF's accuracy-aware loop calls before it
+    sets ``compression_rate``): ``step()`` and ``epoch_step()`` do nothing, as NNCF's ``StubCompressionScheduler``,
+    while the state (the rate set from outside, frozen) is still saved with the checkpoints.
     """
 
     def __init__(self, controller, rl: dict):
@@ -51,12 +60,15 @@ class RankLearningScheduler(BaseCompressionScheduler):
         self.frozen = False
         self.override_ratio: Optional[float] = None  # set through compression_rate (accuracy-aware training)
         self.z_steps = 0
+        self.disabled = False  # disable_scheduler(): step() and epoch_step() do nothing
+        self._projected_since_step = False  # a Z-step (with its dual update) since the last step()
 
     @property
     def fractional_epoch(self) -> float:
         e = max(self.current_epoch, 0)
         if self.steps_per_epoch:
-            e += min(self.step_in_epoch, self.steps_per_epoch) / self.steps_per_epoch
+            # step_in_epoch counts the step() calls of this epoch, the batch about to be trained included
+            e += min(max(self.step_in_epoch - 1, 0), self.steps_per_epoch) / self.steps_per_epoch
         return float(e)
 
     @property
@@ -73,14 +85,19 @@ class RankLearningScheduler(BaseCompressionScheduler):
         return self.override_ratio if self.override_ratio is not None else self._rl["target_ratio"]
 
     def step(self, next_step: Optional[int] = None) -> None:
+        if self.disabled:
+            return
         super().step(next_step)
         self.step_in_epoch += 1
+        projected, self._projected_since_step = self._projected_since_step, False
         if not self.frozen and self.override_ratio is None and self.current_step > 0 \
-                and self.current_step % self._rl["update_every"] == 0:
+                and self.current_step % self._rl["update_every"] == 0 and not projected:
             self._controller.z_step(self.current_ratio)
             self.z_steps += 1
 
     def epoch_step(self, next_epoch: Optional[int] = None) -> None:
+        if self.disabled:
+            return
         if self.current_epoch == 0 and self.steps_per_epoch is None and self.step_in_epoch > 0:
             self.steps_per_epoch = self.step_in_epoch
         super().epoch_step(next_epoch)
@@ -92,15 +109,22 @@ class RankLearningScheduler(BaseCompressionScheduler):
         elif self.current_epoch > 0:
             self._controller.z_step(self.current_ratio)
             self.z_steps += 1
+            self._projected_since_step = True
 
     def get_state(self) -> dict[str, Any]:
         return {**super().get_state(), "step_in_epoch": self.step_in_epoch, "steps_per_epoch": self.steps_per_epoch,
-                "frozen": self.frozen, "override_ratio": self.override_ratio, "z_steps": self.z_steps}
+                "frozen": self.frozen, "override_ratio": self.override_ratio, "z_steps": self.z_steps,
+                "disabled": self.disabled, "projected_since_step": self._projected_since_step}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        super().load_state(state)
+        """Tolerant of older states and of the empty state of NNCF's ``StubCompressionScheduler`` (saved by
+        versions that swapped the scheduler out in ``disable_scheduler()``): missing keys take their defaults."""
+        self._current_step = state.get("current_step", -1)
+        self._current_epoch = state.get("current_epoch", -1)
         self.step_in_epoch = state.get("step_in_epoch", 0)
         self.steps_per_epoch = state.get("steps_per_epoch")
         self.frozen = state.get("frozen", False)
         self.override_ratio = state.get("override_ratio")
         self.z_steps = state.get("z_steps", 0)
+        self.disabled = state.get("disabled", False)
+        self._projected_since_step = state.get("projected_since_step", False)
