@@ -76,6 +76,20 @@ def test_single_layer_models_have_the_torch_layers_shapes(module, x):
             assert pads == (0 if not padded else 2 if method == "cp" else 1), (method, pads)
 
 
+def test_int8_models_quantize_the_layer_input_unsigned_and_the_factor_activations_signed():
+    """As NNCF exports a quantized network: the layer's input follows a ReLU and is quantized over [0, hi] (u8 in
+    OpenVINO), the activations between factors over [-hi, hi] (s8); a 3x3 conv reading s8 runs slower on VNNI."""
+    worker = _worker_module()
+    spec = LayerSpec.of(nn.Conv2d(16, 32, 3, padding=1), (1, 16, 8, 8), (1, 32, 8, 8), int8=True)
+    for method, ranks, signed in (("dense", (), 0), ("tucker2", (8, 4), 2), ("svd", (8,), 1)):
+        model, _ = worker.build_model(spec.with_choice(method, ranks).to_json())
+        lows = [float(op.input_value(1).get_node().get_data()) for op in model.get_ordered_ops()
+                if op.get_type_name() == "FakeQuantize"]
+        assert lows[0] == 0.0, (method, lows)  # the prefix: the layer's (post-ReLU) input
+        assert sum(low < 0 for low in lows[1:]) == signed and len(lows) == 1 + signed, (method, lows)
+    assert "|u8|" in spec.key  # not the "i8" entries cached before, which were timed with a signed input
+
+
 def test_spec_keys_distinguish_everything_that_changes_latency():
     base = LayerSpec.of(nn.Conv2d(8, 16, 3, padding=1), (1, 8, 8, 8), (1, 16, 8, 8))
     variants = [base, base.with_choice("tucker2", (4, 4)), base.with_choice("tucker2", (4, 8)),

@@ -49,7 +49,8 @@ class LayerSpec:
             if self.pad_mode != "zeros":  # zero-padded keys stay as they were (caches stay valid)
                 shape += f"|pm{self.pad_mode}"
         ranks = "x".join(str(r) for r in self.ranks) or "-"
-        return f"{shape}|b{int(self.bias)}|{'i8' if self.int8 else 'fp'}|{self.method}|{ranks}"
+        # "u8": INT8 with the layer's input unsigned, as after a ReLU (entries tagged "i8" timed it signed)
+        return f"{shape}|b{int(self.bias)}|{'u8' if self.int8 else 'fp'}|{self.method}|{ranks}"
 
     def with_choice(self, method: str, ranks: Sequence[int] = ()) -> "LayerSpec":
         return replace(self, method=method, ranks=tuple(int(r) for r in ranks))
