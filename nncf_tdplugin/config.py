@@ -217,8 +217,10 @@ TD_SCHEMA: dict[str, Any] = {
         "layers": {
             "type": "object",
             "description": "Per-layer overrides, keyed by module name (e.g. 'layer1.0.conv1'), NNCF node name, "
-            "or a regex prefixed with '{re}' matched against both. A key naming a layer exactly wins over a regex "
-            "that matches it; two regexes (or two names) that match one layer must give it the same settings.",
+            "or a regex prefixed with '{re}' matched against both (the whole module name, or anywhere in the node "
+            "name as NNCF's scopes are: '{re}conv2' matches every '.../conv2d_0' node, '{re}layer1\\.0\\.conv2' "
+            "one module). A key naming a layer exactly wins over a regex that matches it; two regexes (or two "
+            "names) that match one layer must give it the same settings.",
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,
