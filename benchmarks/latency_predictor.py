@@ -49,7 +49,8 @@ def main() -> None:
     constraints = RankConstraints(rank_multiple=multiple)
     points, seen = {}, set()
     for layer in layers[1:-1]:
-        spec = LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, int8=a.int8)
+        spec = LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, int8=a.int8,
+                            unsigned_input=layer.input_nonnegative)
         if spec.key in seen:
             continue
         seen.add(spec.key)

@@ -91,3 +91,30 @@ def test_a_conv_subclass_with_its_own_forward_stays_dense_and_says_why():
     torch.testing.assert_close(compressed.eval()(x), expected)
     with pytest.raises(TDConfigError, match=r"layers\['conv'\]: layer 'conv' cannot be decomposed: custom forward"):
         _compress(CustomConvNet())
+
+
+class SignsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.ModuleList([nn.Conv2d(3 if i == 0 else 8, 8, 3, padding=1) for i in range(7)])
+        self.bn, self.relu6, self.hswish = nn.BatchNorm2d(8), nn.ReLU6(), nn.Hardswish()
+
+    def forward(self, x):
+        x = self.c[0](x)  # the model input: signed
+        y = self.c[1](torch.relu(x))  # after a ReLU
+        z = self.c[2](F.max_pool2d(torch.relu(y), 2))  # pooling keeps the sign
+        z = self.c[3](self.bn(z))  # after a BatchNorm: signed
+        z = self.c[4](torch.relu(z) + torch.relu(z))  # a sum of two non-negative tensors
+        z = self.c[5](self.relu6(z))
+        return self.c[6](self.hswish(z)).mean((2, 3))  # Hardswish goes below zero
+
+
+def test_layers_know_whether_their_input_is_nonnegative():
+    """What NNCF quantizes unsigned and OpenVINO runs on u8 (the INT8 latency cost model times it so)."""
+    from nncf.torch.model_creation import wrap_model
+
+    from nncf_tdplugin.nncf_integration.graph_layers import find_weighted_layers
+
+    net = wrap_model(SignsNet().eval(), torch.randn(*SIZE), trace_parameters=False)
+    flags = {layer.module_name: layer.input_nonnegative for layer in find_weighted_layers(net)}
+    assert flags == {"c.0": False, "c.1": True, "c.2": True, "c.3": False, "c.4": True, "c.5": True, "c.6": False}

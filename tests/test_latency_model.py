@@ -76,18 +76,26 @@ def test_single_layer_models_have_the_torch_layers_shapes(module, x):
             assert pads == (0 if not padded else 2 if method == "cp" else 1), (method, pads)
 
 
-def test_int8_models_quantize_the_layer_input_unsigned_and_the_factor_activations_signed():
-    """As NNCF exports a quantized network: the layer's input follows a ReLU and is quantized over [0, hi] (u8 in
-    OpenVINO), the activations between factors over [-hi, hi] (s8); a 3x3 conv reading s8 runs slower on VNNI."""
+def test_int8_models_quantize_a_nonnegative_input_unsigned_and_the_factor_activations_signed():
+    """As NNCF exports a quantized network: an input that follows a ReLU is quantized over [0, hi] (u8 in OpenVINO),
+    any other input and the activations between factors over [-hi, hi] (s8); a 3x3 conv reading s8 runs slower on
+    VNNI, so the two are different measurements."""
     worker = _worker_module()
-    spec = LayerSpec.of(nn.Conv2d(16, 32, 3, padding=1), (1, 16, 8, 8), (1, 32, 8, 8), int8=True)
-    for method, ranks, signed in (("dense", (), 0), ("tucker2", (8, 4), 2), ("svd", (8,), 1)):
-        model, _ = worker.build_model(spec.with_choice(method, ranks).to_json())
-        lows = [float(op.input_value(1).get_node().get_data()) for op in model.get_ordered_ops()
-                if op.get_type_name() == "FakeQuantize"]
-        assert lows[0] == 0.0, (method, lows)  # the prefix: the layer's (post-ReLU) input
-        assert sum(low < 0 for low in lows[1:]) == signed and len(lows) == 1 + signed, (method, lows)
-    assert "|u8|" in spec.key  # not the "i8" entries cached before, which were timed with a signed input
+    keys = set()
+    for unsigned in (True, False):
+        spec = LayerSpec.of(nn.Conv2d(16, 32, 3, padding=1), (1, 16, 8, 8), (1, 32, 8, 8), int8=True,
+                            unsigned_input=unsigned)
+        keys.add(spec.key)
+        for method, ranks, inner in (("dense", (), 0), ("tucker2", (8, 4), 2), ("svd", (8,), 1)):
+            model, _ = worker.build_model(spec.with_choice(method, ranks).to_json())
+            lows = [float(op.input_value(1).get_node().get_data()) for op in model.get_ordered_ops()
+                    if op.get_type_name() == "FakeQuantize"]
+            assert (lows[0] == 0.0) == unsigned, (method, lows)  # the prefix: the layer's input
+            assert len(lows) == 1 + inner and all(low < 0 for low in lows[1:]), (method, lows)
+    assert len(keys) == 2
+    # the flag means nothing without INT8: one key
+    assert (LayerSpec.of(nn.Conv2d(16, 32, 3), (1, 16, 8, 8), (1, 32, 6, 6), unsigned_input=True).key
+            == LayerSpec.of(nn.Conv2d(16, 32, 3), (1, 16, 8, 8), (1, 32, 6, 6)).key)
 
 
 def test_spec_keys_distinguish_everything_that_changes_latency():

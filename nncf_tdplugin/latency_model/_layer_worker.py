@@ -9,9 +9,10 @@ Each spec becomes a small ``ov.Model`` built with the opset, exactly the layer s
 ``nncf_tdplugin.layers`` export to: 1x1 / k x k / depthwise Convolutions, MatMuls for Linear layers, bias on the
 last factor only. In INT8 mode every convolution/matmul gets what an NNCF-quantized model exports: a FakeQuantize
 (256 levels) on its input activation and INT8 weights (Constant i8 -> Convert -> per-channel Multiply), so the CPU
-plugin runs INT8 kernels as it does for the real model. As there, the layer's own input follows a ReLU and is
-quantized unsigned (u8), while the activations between factors (no ReLU) are signed (s8): on AVX512-VNNI a conv
-reading s8 ran 25-30% slower than one reading u8 at 14x14 and 7x7, which made dense layers look slower than they run.
+plugin runs INT8 kernels as it does for the real model. As there, a layer whose input is non-negative (after a
+ReLU; ``unsigned_input`` in the spec) reads it quantized unsigned (u8), any other input and the activations between
+factors (no ReLU) signed (s8): on AVX512-VNNI a 3x3 conv reading s8 ran 10-30% slower than one reading u8 at 14x14 and
+7x7, which made the dense layers of ReLU networks look slower than they run when every input was timed signed.
 
 In context: a layer is timed after a prefix, Parameter -> ReLU (-> FakeQuantize in INT8), that stands for the
 previous layer, and the prefix alone is timed too; the layer's cost is the difference. This removes what only an
@@ -113,7 +114,7 @@ def _prefix(spec: dict):
     fused into the previous layer's output)."""
     x = ops.parameter(input_shape(spec), ov.Type.f32)
     y = ops.relu(x)
-    return x, _quantize_activation(y, spec["int8"], unsigned=True)
+    return x, _quantize_activation(y, spec["int8"], unsigned=spec.get("unsigned_input", False))
 
 
 def baseline_key(spec: dict) -> str:

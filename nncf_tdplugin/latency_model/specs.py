@@ -37,6 +37,8 @@ class LayerSpec:
     ranks: tuple = ()
     # torch's padding_mode of a padded conv: anything but "zeros" exports as a Pad node before each padded factor
     pad_mode: str = "zeros"
+    # INT8: the layer's input is non-negative (after a ReLU): quantized unsigned, run on u8; else signed (s8)
+    unsigned_input: bool = False
 
     @property
     def key(self) -> str:
@@ -49,8 +51,8 @@ class LayerSpec:
             if self.pad_mode != "zeros":  # zero-padded keys stay as they were (caches stay valid)
                 shape += f"|pm{self.pad_mode}"
         ranks = "x".join(str(r) for r in self.ranks) or "-"
-        # "u8": INT8 with the layer's input unsigned, as after a ReLU (entries tagged "i8" timed it signed)
-        return f"{shape}|b{int(self.bias)}|{'u8' if self.int8 else 'fp'}|{self.method}|{ranks}"
+        precision = ("u8" if self.unsigned_input else "i8") if self.int8 else "fp"  # INT8: the input's type
+        return f"{shape}|b{int(self.bias)}|{precision}|{self.method}|{ranks}"
 
     def with_choice(self, method: str, ranks: Sequence[int] = ()) -> "LayerSpec":
         return replace(self, method=method, ranks=tuple(int(r) for r in ranks))
@@ -68,16 +70,18 @@ class LayerSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "key"})
 
     @classmethod
-    def of(cls, module: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int], int8: bool = False
-           ) -> "LayerSpec":
-        """The dense spec of a Conv2d/Linear call with input/output tensor shapes (batch first)."""
+    def of(cls, module: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int], int8: bool = False,
+           unsigned_input: bool = False) -> "LayerSpec":
+        """The dense spec of a Conv2d/Linear call with input/output tensor shapes (batch first); ``unsigned_input``:
+        its input is non-negative (``GraphLayer.input_nonnegative``), which matters only in INT8."""
         bias = getattr(module, "bias", None) is not None
+        unsigned_input = bool(int8 and unsigned_input)
         if isinstance(module, nn.Linear):
             positions = 1
             for d in in_shape[1:-1]:
                 positions *= int(d)
             return cls("linear", int(module.in_features), int(module.out_features), positions=positions, bias=bias,
-                       int8=int8)
+                       int8=int8, unsigned_input=unsigned_input)
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"no latency spec for {type(module).__name__}; expected Conv2d or Linear")
         kernel, stride, dilation = tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
@@ -95,7 +99,8 @@ class LayerSpec:
         pad_mode = module.padding_mode if padded else "zeros"
         # int(): a size attribute may be a 0-d tensor (NNCF's channel pruning sets some that way); the spec is JSON
         return cls("conv", int(module.in_channels), int(module.out_channels), kernel, stride, tuple(begin),
-                   tuple(end), dilation, int(module.groups), in_hw, 1, bias, int8, pad_mode=pad_mode)
+                   tuple(end), dilation, int(module.groups), in_hw, 1, bias, int8, pad_mode=pad_mode,
+                   unsigned_input=unsigned_input)
 
 
 def _pair(p) -> str:

@@ -23,6 +23,9 @@ class GraphLayer:
     output_scale: Optional[torch.Tensor] = None  # |gamma| / sigma of a BatchNorm that alone consumes the output
     in_shape: tuple = ()  # input tensor shape of this call (batch first)
     out_shape: tuple = ()
+    # the input is non-negative by construction (after a ReLU, through pooling...): NNCF quantizes it unsigned, and
+    # OpenVINO runs such a layer on u8 (the INT8 latency cost model times it so)
+    input_nonnegative: bool = False
 
 
 def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
@@ -43,39 +46,76 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
         out_edges = graph.get_output_edges(node)
         if not in_edges or not out_edges:
             continue
-        found.append((node, module, _module_input_shape(model, graph, module, in_edges[0]),
-                      tuple(out_edges[0].tensor_shape)))
+        entering = _module_input_edge(model, graph, module, in_edges[0])
+        found.append((node, module, tuple(entering.tensor_shape), tuple(out_edges[0].tensor_shape),
+                      _nonnegative(model, graph, entering.from_node, {})))
     calls: dict[int, int] = {}
-    for _, module, _, _ in found:
+    for _, module, _, _, _ in found:
         calls[id(module)] = calls.get(id(module), 0) + 1
     layers = []
-    for node, module, in_shape, out_shape in found:
+    for node, module, in_shape, out_shape, nonnegative in found:
         geometry = LayerGeometry.of(module, in_shape, out_shape) if _is_plain(module) else None
         if geometry is not None:
             macs = dense_macs(geometry)
         else:  # grouped conv: every output pixel costs weight.numel() MACs
             macs = int(torch.tensor(out_shape[2:]).prod()) * module.weight.numel()
         layers.append(GraphLayer(names[id(module)], node.node_name, module, geometry, macs, calls[id(module)],
-                                 _following_batchnorm_scale(model, graph, node), in_shape, out_shape))
+                                 _following_batchnorm_scale(model, graph, node), in_shape, out_shape, nonnegative))
     return layers
 
 
 _WEIGHTED_OPS = ("conv2d", "linear")
 
 
-def _module_input_shape(model: NNCFNetwork, graph, module: nn.Module, edge) -> tuple:
-    """Shape of the tensor that enters ``module``: a conv with a non-zero ``padding_mode`` pads in its own pad
-    node first, and the factor layers (whose first factor runs before any padding) see the unpadded input."""
+def _module_input_edge(model: NNCFNetwork, graph, module: nn.Module, edge):
+    """The edge whose tensor enters ``module``: a conv with a non-zero ``padding_mode`` pads in its own pad node
+    first, and the factor layers (whose first factor runs before any padding) see the unpadded input."""
     while True:
         source = edge.from_node
-        try:
-            inside = model.nncf.get_containing_module(source.node_name) is module
-        except Exception:  # noqa: BLE001 - a functional op outside modules
-            inside = False
-        earlier = [e for e in graph.get_input_edges(source) if e.input_port_id == 0] if inside else []
+        earlier = [e for e in graph.get_input_edges(source) if e.input_port_id == 0] \
+            if _containing(model, source) is module else []
         if not earlier:
-            return tuple(edge.tensor_shape)
+            return edge
         edge = earlier[0]
+
+
+def _containing(model: NNCFNetwork, node) -> Optional[nn.Module]:
+    try:
+        return model.nncf.get_containing_module(node.node_name)
+    except Exception:  # noqa: BLE001 - a functional op outside modules
+        return None
+
+
+_NONNEGATIVE_OPS = {"relu", "relu_", "sigmoid", "hardsigmoid", "softmax"}
+# ops whose output is non-negative when all their tensor inputs are (adds only of two tensors: a scalar operand
+# is not in the graph and may be negative)
+_SIGN_PRESERVING_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "flatten", "view",
+                        "reshape", "dropout", "squeeze", "unsqueeze", "contiguous", "cat", "upsample_nearest2d",
+                        "upsample_bilinear2d"}
+_ADD_OPS = {"__add__", "__iadd__", "add", "__radd__"}
+
+
+def _nonnegative(model: NNCFNetwork, graph, node, memo: dict, depth: int = 0) -> bool:
+    """Whether ``node``'s output is non-negative by construction: a ReLU, sigmoid, ReLU6 (a Hardtanh module with
+    min_val >= 0)..., or pooling, reshapes, adds and concatenations of such. Anything else (a conv, a BatchNorm, the
+    model input, an op not listed) counts as signed."""
+    if node.node_id in memo:
+        return memo[node.node_id]
+    memo[node.node_id] = False  # cycles cannot occur in a traced graph; this also bounds the recursion
+    kind = node.node_type
+    if kind in _NONNEGATIVE_OPS:
+        result = True
+    elif kind == "hardtanh":
+        module = _containing(model, node)
+        result = isinstance(module, nn.Hardtanh) and module.min_val >= 0
+    elif (kind in _SIGN_PRESERVING_OPS or kind in _ADD_OPS) and depth < 64:
+        inputs = graph.get_input_edges(node)
+        enough = len(inputs) >= (2 if kind in _ADD_OPS else 1)
+        result = enough and all(_nonnegative(model, graph, e.from_node, memo, depth + 1) for e in inputs)
+    else:
+        result = False
+    memo[node.node_id] = result
+    return result
 
 
 def _following_batchnorm_scale(model: NNCFNetwork, graph, node) -> Optional[torch.Tensor]:

@@ -73,7 +73,8 @@ def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constra
                                   math.lcm(int(constraints.rank_multiple), int(multiple)))
     for c in candidates:
         layer = candidate_layers[c.name]
-        spec = LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, int8=settings.int8)
+        spec = LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, int8=settings.int8,
+                            unsigned_input=layer.input_nonnegative)
         methods = {}
         if c.fixed is None:
             grid_methods = c.methods
@@ -89,7 +90,8 @@ def attach_latency_costs(cfg: TDConfig, nncf_config, layers, candidates, constra
         for layer in layers:
             if layer.module_name not in cand_names:
                 name = f"{layer.module_name}@{layer.node_name}"
-                model.add_layer(name, LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, settings.int8))
+                model.add_layer(name, LayerSpec.of(layer.module, layer.in_shape, layer.out_shape, settings.int8,
+                                                   unsigned_input=layer.input_nonnegative))
                 others.append(name)
     model.prepare()
     fixed = [c for c in candidates if c.fixed is not None and not c.fixed.is_dense]
@@ -163,7 +165,8 @@ def whole_model_key(net, input_shape, layers, int8: bool) -> str:
     pooling between them run at different speeds)."""
     import hashlib
 
-    signature = "|".join(LayerSpec.of(g.module, g.in_shape, g.out_shape, int8).key for g in layers)
+    signature = "|".join(LayerSpec.of(g.module, g.in_shape, g.out_shape, int8, g.input_nonnegative).key
+                         for g in layers)
     if hasattr(net, "nncf"):
         graph = net.nncf.get_original_graph()
         order = graph.topological_sort()
