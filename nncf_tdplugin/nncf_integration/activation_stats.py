@@ -52,6 +52,7 @@ def collect_input_moments(model: nn.Module, modules: dict[str, nn.Module], confi
             for batch in loader:
                 args, kwargs = loader.get_inputs(batch)
                 args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+                kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
                 model(*args, **kwargs)
                 n = _batch_size(args, kwargs)
                 seen += n
