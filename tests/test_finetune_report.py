@@ -168,3 +168,56 @@ def test_the_accuracy_targets_apply_at_3x_flops_and_5x_params_only():
     assert met["params:5+flops:3: best of ours within 0.3 points of dense at flops"] is True
     assert met["params:5+flops:3: best of ours within 1.0 points of dense at params"] is True
     assert not [name for name in met if name.startswith("flops:2+latency:1.6")]
+
+
+def test_a_drop_of_exactly_the_limit_meets_it():
+    """100 * (0.9288 - 0.9258) is 0.30000000000000027 in floating point: exactly 0.3 points below dense is met."""
+    dense = dict(_row("dense", "-", 0.9288, 4.0, 4.0, seed=None), baseline_accuracy=0.9288)
+    rows = [dense, dict(_row("search+finetune", "flops:3", 0.9258, 3.0, 4.0), baseline_accuracy=0.9288),
+            dict(_row("search+finetune", "params:5", 0.9188, 3.0, 4.0), baseline_accuracy=0.9288)]
+    met = {name: ok for name, ok, _ in targets(rows)}
+    assert met["flops:3: best of ours within 0.3 points of dense at flops"] is True
+    assert met["params:5: best of ours within 1.0 points of dense at params"] is True
+
+
+def test_the_ahead_verdict_is_the_paired_one_when_the_seed_sets_differ():
+    """Ours ran seeds 0-2, pruning 0-1: the means (92.70 vs 92.55) would say ahead, the shared seeds say behind."""
+    rows = _rows()
+    ours = [dict(rows[1], seed=s, test_accuracy=a) for s, a in ((0, 0.920), (1, 0.921), (2, 0.940))]
+    pruning = [dict(rows[2], seed=s, test_accuracy=a) for s, a in ((0, 0.925), (1, 0.926))]
+    met, evidence = next((ok, ev) for name, ok, ev in targets([rows[0], *ours, *pruning])
+                         if name == "params:5: ours ahead of filter_pruning")
+    assert met is False and "paired over seeds 0,1: -0.50" in evidence and "different seed sets" in evidence
+
+
+def test_latencies_at_another_precision_hint_are_not_rescaled_into_a_default_run():
+    rows = _rows()
+    rows[2]["precision_int8"] = "f32"  # the earlier run fell back to the f32 hint for INT8
+    out = rescale(rows)
+    assert out[2]["latency_ms_int8"] is None and out[2]["timing_mismatch"] == "other precision"
+    assert out[2]["latency_ms_default"] == pytest.approx(3.5 * 4.0 / 5.0)  # the default column still compares
+
+
+def test_domination_needs_one_timing_setup_when_the_dense_row_is_untimed():
+    """Nothing to rescale against: a point of ours timed on another CPU cannot dominate pruning, however its
+    milliseconds compare."""
+    rows = _rows()
+    dense = dict(rows[0], latency_ms_default=None, latency_ms_int8=None)
+    ours = dict(rows[1], latency_ms_default=1.0, timing_cpu="cpu A")
+    pruning = dict(rows[2], latency_ms_default=1.5, timing_cpu="cpu B")
+    found = {name: met for name, met, _ in targets([dense, ours, pruning])}
+    assert found["filter_pruning params:5 dominated (default precision)"] is False
+    pruning["timing_cpu"] = "cpu A"
+    found = {name: met for name, met, _ in targets([dense, ours, pruning])}
+    assert found["filter_pruning params:5 dominated (default precision)"] is True
+
+
+def test_a_method_without_a_default_setting_does_not_drop_out():
+    rows = _rows()
+    a = dict(rows[1], lr=0.03, val_accuracy=0.93, test_accuracy=0.921)
+    b = dict(rows[1], lr=0.003, test_accuracy=0.930)  # no validation
+    chosen = [r for r in select_setting(aggregate([rows[0], a, b])) if r["method"] == "search+finetune"]
+    assert len(chosen) == 1 and chosen[0]["lr"] == 0.03
+    c = dict(b, lr=0.1)
+    chosen = [r for r in select_setting(aggregate([rows[0], b, c])) if r["method"] == "search+finetune"]
+    assert sorted(r["lr"] for r in chosen) == [0.003, 0.1]  # nothing to choose on: both stay
