@@ -47,7 +47,9 @@ row made before rows recorded ``lr``); rows of several rates are kept apart (the
 chooses a learning rate per method and budget on it, never on the test accuracy. The default base model was trained
 on them, so that split favours staying close to the base model; ``--base-holdout N`` starts from a base model
 trained without the last N training images (cached apart, ``_h<N>``; trained first if missing) and makes the split
-unbiased (--val-size at most N). Rows record ``base_holdout``, and --resume refuses rows of another base model. ``--td-options JSON`` merges keys into the tensor_decomposition
+unbiased (--val-size at most N). Rows record ``base_holdout``, and --resume refuses rows of another base model, and rows
+that recorded another fine-tuning setup (``RUN_SETTINGS``: epochs, subsets, distillation, widths, base epochs,
+update_every). ``--td-options JSON`` merges keys into the tensor_decomposition
 block of every row of a run (e.g. ``'{"rank_learning": {"num_epochs": 1}}'``; only methods with that block): rows
 record it as ``options`` (canonical JSON) and are kept apart from the other settings like a learning rate (IRs get
 an ``_o<keys and values>`` suffix); the report chooses among settings on ``val_accuracy`` the same way.
@@ -361,6 +363,33 @@ def other_base_model(rows: list[dict], holdout: int) -> str:
     return ""
 
 
+# what a row's accuracy depends on besides (method, budget, seed, lr, options): rows of a run with other values are
+# not comparable with this run's, and --resume refuses them (a field a row did not record is not checked)
+RUN_SETTINGS = ("epochs", "train_subset", "test_subset", "knowledge_distillation", "kd_temperature", "widths",
+                "base_epochs", "update_every")
+
+
+def run_settings(args, widths, base_epochs: int) -> dict:
+    return {"epochs": args.epochs, "train_subset": args.train_subset, "test_subset": args.test_subset,
+            "knowledge_distillation": args.kd, "kd_temperature": args.kd_temperature if args.kd else None,
+            "widths": list(widths), "base_epochs": base_epochs, "update_every": args.update_every}
+
+
+def other_settings(rows: list[dict], settings: dict) -> str:
+    """Why ``rows`` cannot join a run with ``settings`` (:data:`RUN_SETTINGS`), or "" when they can. The dense row
+    has no fine-tuning, so only its test subset and the base model count for it."""
+    for r in rows:
+        if "error" in r:
+            continue
+        checked = ("test_subset", "widths", "base_epochs") if r["method"] == "dense" else RUN_SETTINGS
+        for name in checked:
+            if name in r and r[name] != settings[name]:
+                return (f"its {r['method']} row at {r.get('budget')} ran with {name}={r[name]!r}, this run "
+                        f"{name}={settings[name]!r}: rows of the two runs cannot be compared (use another --json, or "
+                        f"the earlier run's settings)")
+    return ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="output rows")
@@ -432,7 +461,8 @@ def main(argv=None) -> int:
         budgets = [parse_budget(b) for b in args.budgets.split(",")]
     except ValueError:
         parser.error(f"--budgets must be metric:ratio[+metric:ratio],..., got {args.budgets!r}")
-    methods = args.methods.split(",")
+    # pruning matches the FLOPs ratio the search rows of its budget reached: they run first, whatever the order given
+    methods = sorted(args.methods.split(","), key=lambda m: m == "filter_pruning")
     try:
         td_options = parse_options(args.td_options)[1]
         pruning_options = parse_options(args.pruning_options, "--pruning-options")[1]
@@ -477,6 +507,7 @@ def main(argv=None) -> int:
         print(f"--quick: no cached {full_epochs}-epoch base model; training (and caching) a 1-epoch one instead "
               f"(below the 92% of the full runs; --base-epochs {full_epochs} trains the full one)")
     base, _ = get_trained_resnet_fmnist(widths, base_epochs, holdout=holdout)
+    settings = run_settings(args, widths, base_epochs)
     if args.test_subset:
         test_loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(test_loader.dataset, range(args.test_subset)), batch_size=512)
@@ -485,9 +516,9 @@ def main(argv=None) -> int:
     prior = {}
     if args.resume:
         resumed = json.loads(pathlib.Path(args.resume).read_text())
-        other_base = other_base_model(resumed, holdout)
-        if other_base:
-            parser.error(f"--resume {args.resume}: {other_base}")
+        other = other_base_model(resumed, holdout) or other_settings(resumed, settings)
+        if other:
+            parser.error(f"--resume {args.resume}: {other}")
         for r in resumed:
             if "error" in r:
                 continue
@@ -591,12 +622,10 @@ def main(argv=None) -> int:
         r["timing_static_shapes"] = True  # measure_many compiles every IR for INPUT (dynamic batch reshaped)
         for key in LATENCY_KEYS:
             r[f"dense_{key}"] = rows[0].get(key)
-    for r in rows:
-        r.setdefault("train_subset", args.train_subset)
-        r.setdefault("test_subset", args.test_subset)
-        r.setdefault("knowledge_distillation", args.kd)
-        r.setdefault("widths", list(widths))
-        r.setdefault("base_holdout", holdout)
+    kept = {id(r) for r in prior.values()}
+    for r in rows:  # rows of this run record its settings; kept rows keep what they recorded (nothing is guessed)
+        if id(r) not in kept:
+            r.update({k: v for k, v in settings.items() if k not in r}, base_holdout=holdout)
     write_and_print(rows, COLUMNS, args.json)
     summary = [r for r in aggregate(rows) if r.get("seeds")]
     if summary:

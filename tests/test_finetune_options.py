@@ -3,8 +3,8 @@ recorded canonically, kept apart in row keys and IR names, and bad values refuse
 
 import pytest
 
-from benchmarks.finetune import (main, merge_options, options_slug, other_base_model, parse_options, row_key, row_tag,
-                                 td_block)
+from benchmarks.finetune import (main, merge_options, options_slug, other_base_model, other_settings, parse_options,
+                                 row_key, row_tag, td_block)
 
 
 def test_options_merge_into_the_block_and_are_canonical():
@@ -77,6 +77,23 @@ def test_rows_of_another_base_model_are_not_resumed():
     assert "--base-holdout 10000" in message
     new = [dict(r, base_holdout=10000) for r in old]
     assert other_base_model(new, 10000) == "" and "without the last 10000" in other_base_model(new, 0)
+
+
+def test_rows_of_another_fine_tuning_setup_are_not_resumed():
+    """A row kept by --resume must have run like this run's: other epochs, subsets, distillation, widths or base
+    model make another experiment (a --quick file joined to a full run was compared as the same rows)."""
+    settings = {"epochs": 3, "train_subset": 12000, "test_subset": None, "knowledge_distillation": True,
+                "kd_temperature": 2.0, "widths": [64, 128, 256, 512], "base_epochs": 3, "update_every": 50}
+    same = [dict({"method": "dense", "budget": "-", "epochs": 0}, test_subset=None),
+            dict({"method": "rank_learning", "budget": "params:5"}, **settings)]
+    assert other_settings(same, settings) == ""
+    old = [{"method": "rank_learning", "budget": "params:5", "epochs": 3}]  # settings not recorded then: not checked
+    assert other_settings(old, settings) == ""
+    quick = [dict(same[1], epochs=2, train_subset=2000)]
+    message = other_settings(quick, settings)
+    assert "rank_learning row at params:5 ran with epochs=2, this run epochs=3" in message
+    assert "test_subset=2000" in other_settings([dict(same[0], test_subset=2000)], settings)  # the dense row too
+    assert other_settings([dict(same[0], epochs=0)], dict(settings, epochs=5)) == ""  # dense: no fine-tuning
 
 
 def test_pruning_matches_the_plain_search_else_the_mean_of_the_activation_aware_search():
