@@ -30,7 +30,8 @@ from nncf.torch import create_compressed_model, register_default_init_args
 from tqdm.auto import tqdm
 
 from nncf_tdplugin import td_controller
-from nncf_tdplugin.export import export_openvino, measure_latency
+from nncf_tdplugin.export import export_openvino, measure_many
+from nncf_tdplugin.latency_model.specs import usable_cpus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,18 +81,19 @@ def finetune(ctrl, model, train_loader, epochs: int, lr: float, log=print, progr
             log(td.statistics().to_str().split("\n\n")[0])
 
 
-def latency(model_or_ctrl, example, path, threads) -> tuple[float, str]:
-    """Median latency (ms) at the CPU's default precision; if OpenVINO cannot compile the IR at it (seen on an
-    AVX512-BF16 CPU for INT8 IRs of this network while they were compiled with a dynamic batch; the latency worker
-    now compiles for the static example shape), at f32. Returns (ms, precision)."""
-    xml = export_openvino(model_or_ctrl, example, path)
+def latencies(xmls, example, threads) -> tuple[list, str]:
+    """Median latencies (ms) of the IRs ``xmls``, timed together (repeats interleaved, each in its own OpenVINO
+    process) with ``threads`` threads, at the CPU's default precision; if OpenVINO cannot compile one of them at it
+    (seen on an AVX512-BF16 CPU for INT8 IRs of this network while they were compiled with a dynamic batch; the
+    latency worker now compiles for the static example shape), all at f32. Returns ([ms...], precision)."""
     for precision in ("default", "f32"):
         try:
-            return measure_latency(xml, list(example.shape), precision=precision, threads=threads, repeats=3,
-                                   iterations=50).median_ms, precision
+            results = measure_many([(xml, list(example.shape)) for xml in xmls], precision=precision,
+                                   threads=threads, repeats=5, iterations=50)
+            return [r.median_ms for r in results], precision
         except RuntimeError as e:
-            print(f"latency of {xml.name} at {precision} precision failed: {str(e).strip().splitlines()[-1][:160]}")
-    return float("nan"), "failed"
+            print(f"latency at {precision} precision failed: {str(e).strip().splitlines()[-1][:160]}")
+    return [float("nan")] * len(xmls), "failed"
 
 
 def main(argv=None) -> int:
@@ -104,7 +106,9 @@ def main(argv=None) -> int:
     parser.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
     parser.add_argument("--quick", action="store_true",
                         help="3000 training / 2000 test images, Z-step every 5 steps: a run of minutes")
-    parser.add_argument("--threads", type=int, default=None, help="torch and OpenVINO threads (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and OpenVINO threads (default: every core this process may use; OpenVINO's "
+                             "count is pinned either way)")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--out", default="out/fashion_mnist_rank_learning")
     args = parser.parse_args(argv)
@@ -132,9 +136,7 @@ def main(argv=None) -> int:
     example = torch.randn(1, 1, 28, 28)
 
     before = {"accuracy": evaluate(model, test_loader, progress=False)}
-    if not args.no_latency:
-        before["latency_ms"], before["latency_precision"] = latency(model, example, out / "original.xml",
-                                                                    args.threads)
+    original_xml = None if args.no_latency else export_openvino(model, example, out / "original.xml")
 
     for block in config_dict["compression"]:  # the budget tightens at every Z-step from the first epoch on
         if block["algorithm"] == "tensor_decomposition" and "rank_learning" in block:
@@ -155,14 +157,18 @@ def main(argv=None) -> int:
     stats = td.statistics().tensor_decomposition
     after = {"accuracy": evaluate(compressed, test_loader, progress=False),
              "params": stats.params_after, "flops": stats.macs_after}
-    if not args.no_latency:
-        after["latency_ms"], after["latency_precision"] = latency(stripped, example, out / "compressed_int8.xml",
-                                                                  args.threads)
+    if not args.no_latency:  # both IRs timed together: the same machine state for before and after
+        compressed_xml = export_openvino(stripped, example, out / "compressed_int8.xml")
+        threads = args.threads or usable_cpus()
+        (before["latency_ms"], after["latency_ms"]), precision = latencies([original_xml, compressed_xml], example,
+                                                                           threads)
+        before["latency_precision"] = after["latency_precision"] = precision
+        before["latency_threads"] = after["latency_threads"] = threads
 
     rows = [("test accuracy" + (f" ({args.test_subset} images)" if args.test_subset else ""), "accuracy", "{:.4f}"),
             ("parameters", "params", "{:,}"), ("FLOPs (MACs, conv/linear)", "flops", "{:,}")]
     if not args.no_latency:
-        rows.append((f"OpenVINO latency, ms ({before['latency_precision']} / INT8 at {after['latency_precision']})",
+        rows.append((f"OpenVINO ms, f32 IR / INT8 IR ({after['latency_precision']}, {after['latency_threads']} thr)",
                      "latency_ms", "{:.3f}"))
     print(f"\n{'':58s}{'before':>14s}{'after':>14s}{'ratio':>10s}")
     for label, key, fmt in rows:
