@@ -224,7 +224,8 @@ def _number(text: str):
 def targets(rows: list[dict]) -> list[tuple[str, bool, str]]:
     """(target, met, evidence) for each issue-4 target the rows can answer (seeds averaged, one setting per
     method and budget: ``select_setting``). Where ours and the other method share two or more seeds, the evidence
-    adds the paired difference over them with its standard error (the target itself compares the means)."""
+    adds the paired difference over them with its standard error, and the "ahead of" verdict is that paired mean
+    (with fewer shared seeds, the means)."""
     raw, rows = rows, select_setting(aggregate(rows))
     results = []
     budgets = sorted({r["budget"] for r in rows if r["method"] != "dense"})
