@@ -98,9 +98,9 @@ from benchmarks.data_models.fashion_mnist import (  # noqa: E402
     load_fashion_mnist,
 )
 from benchmarks.pruning import export_pruned_ir, ir_cost, pruning_block  # noqa: E402
-from fashion_mnist_rank_learning import finetune  # noqa: E402
+from fashion_mnist_rank_learning import finetune, latencies  # noqa: E402
 from nncf_tdplugin import materialize_pruned_model, td_controller  # noqa: E402
-from nncf_tdplugin.export import export_openvino, measure_many  # noqa: E402
+from nncf_tdplugin.export import export_openvino  # noqa: E402
 from nncf_tdplugin.latency_model.specs import cpu_identity  # noqa: E402
 
 COLUMNS = ["method", "budget", "seed", "lr", "options", "flops_ratio", "params_ratio", "test_accuracy", "val_accuracy",
@@ -340,15 +340,9 @@ def measure_column(irs: list, label: str, threads: int, iterations: int, repeats
     or f32 for all of them if OpenVINO cannot compile one of the IRs at the default (seen for the INT8 IRs of this
     network on AVX512-BF16 CPUs without AMX while they were compiled with a dynamic batch: "No suitable
     implementations"; measure_many now compiles every IR for the static INPUT); INT8 layers run in INT8 either way,
-    the hint sets the precision of the rest. Repeats interleaved, each repeat of each IR in its own process."""
-    try:
-        return measure_many([(str(ir), INPUT) for ir in irs], precision="default", threads=threads,
-                            iterations=iterations, repeats=repeats), "default"
-    except RuntimeError as e:
-        print(f"{label} at the default precision failed ({str(e).strip().splitlines()[-1][:160]}); timing every IR "
-              f"of it at f32", flush=True)
-    return measure_many([(str(ir), INPUT) for ir in irs], precision="f32", threads=threads, iterations=iterations,
-                        repeats=repeats), "f32"
+    the hint sets the precision of the rest. Repeats interleaved, each repeat of each IR in its own process (the
+    sample's ``latencies``)."""
+    return latencies(irs, INPUT, threads, iterations, repeats, label)
 
 
 def other_base_model(rows: list[dict], holdout: int) -> str:

@@ -291,9 +291,8 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
 def _copy_requires_grad(dense: nn.Module, factor: nn.Module) -> None:
     """A frozen dense layer (NNCF's frozen_layers, requires_grad False) gives frozen factors: every factor weight
     follows the dense weight, the bias (on the last factor) the dense bias."""
-    for param_name, param in factor.named_parameters(recurse=False):
-        source = getattr(dense, param_name, None) if param_name == "bias" else None
-        param.requires_grad_((source if isinstance(source, torch.Tensor) else dense.weight).requires_grad)
+    for param_name, param in factor.named_parameters(recurse=False):  # a factor has a bias only if the dense one has
+        param.requires_grad_((dense.bias if param_name == "bias" else dense.weight).requires_grad)
 
 
 def _single_input_shape(config) -> Optional[list]:

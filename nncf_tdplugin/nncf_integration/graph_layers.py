@@ -33,11 +33,9 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
     graph = model.nncf.get_original_graph()
     names = {id(m): n for n, m in model.named_modules()}
     found: list[tuple] = []
+    signs: dict = {}  # node id -> non-negative output (shared by every layer's walk back)
     for node in graph.topological_sort():
-        try:
-            module = model.nncf.get_containing_module(node.node_name)
-        except Exception:  # noqa: BLE001 - ops outside modules (functional calls) have no containing module
-            continue
+        module = _containing(model, node)
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or id(module) not in names:
             continue
         if node.node_type not in _WEIGHTED_OPS:  # e.g. the pad_0 node of a conv with padding_mode="reflect"
@@ -48,7 +46,7 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
             continue
         entering = _module_input_edge(model, graph, module, in_edges[0])
         found.append((node, module, tuple(entering.tensor_shape), tuple(out_edges[0].tensor_shape),
-                      _nonnegative(model, graph, entering.from_node, {})))
+                      _nonnegative(model, graph, entering.from_node, signs)))
     calls: dict[int, int] = {}
     for _, module, _, _, _ in found:
         calls[id(module)] = calls.get(id(module), 0) + 1
@@ -80,6 +78,7 @@ def _module_input_edge(model: NNCFNetwork, graph, module: nn.Module, edge):
 
 
 def _containing(model: NNCFNetwork, node) -> Optional[nn.Module]:
+    """The module a traced node runs in, or None (ops outside modules, functional calls, have none)."""
     try:
         return model.nncf.get_containing_module(node.node_name)
     except Exception:  # noqa: BLE001 - a functional op outside modules
@@ -124,10 +123,7 @@ def _following_batchnorm_scale(model: NNCFNetwork, graph, node) -> Optional[torc
     consumers = graph.get_output_edges(node)
     if len(consumers) != 1:
         return None
-    try:
-        bn = model.nncf.get_containing_module(consumers[0].to_node.node_name)
-    except Exception:  # noqa: BLE001
-        return None
+    bn = _containing(model, consumers[0].to_node)
     if not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None or not bn.affine:
         return None
     scale = (bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)).double().cpu()

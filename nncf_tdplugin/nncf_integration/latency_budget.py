@@ -290,7 +290,7 @@ def check_whole_model(net, input_shape, model: LatencyCostModel, selector: RankS
                 break
         confirmation = None
         if len(plans) > 1:
-            dense_ms, plans_ms = time_against_dense(input_shape, model, dense_xml, xmls[:len(plans)])
+            dense_ms, plans_ms = time_against_dense(input_shape, model, dense_xml, xmls)
             confirmation = {"dense_ms": dense_ms, "measured_ms": plans_ms,
                             "measured_ratio": [dense_ms / ms for ms in plans_ms]}
             plans = [(c, r) for (c, _), r in zip(plans, confirmation["measured_ratio"])]

@@ -13,7 +13,6 @@ truncated edge (NNCF places those e.g. before depthwise convs) is sliced along i
 from typing import Optional
 
 import torch
-from nncf.torch.layer_utils import CompressionParameter
 from nncf.torch.module_operations import UpdateWeight
 from nncf.torch.quantization.layers import BaseQuantizer
 from torch import nn
@@ -21,34 +20,23 @@ from torch import nn
 from nncf_tdplugin.rank_learning.gates import GateGroup, remove_gate
 
 
-def _slice_tensor(owner: nn.Module, name: str, dim: int, index: torch.Tensor,
-                  compression_lr_multiplier: Optional[float] = None) -> None:
+def _slice_tensor(owner: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
     """Replace a parameter by a new, sliced one (a leaf cannot change shape in place: autograd caches its shape);
-    buffers are sliced in place.
-
-    NNCF's ``CompressionParameter`` keeps its subclass and its ``compression_lr_multiplier``, which lives only in a
-    gradient hook registered by its constructor: the multiplier is passed on (a quantizer's, from its ``qspec``);
-    without one, the old parameter's gradient hooks are registered on the new one."""
+    buffers are sliced in place. A parameter subclass (NNCF's ``CompressionParameter``) is kept, and so are the
+    old parameter's gradient hooks: NNCF's ``compression_lr_multiplier`` lives only in such a hook."""
     value = getattr(owner, name)
     sliced = value.detach().index_select(dim, index.to(value.device)).contiguous()
-    if isinstance(value, nn.Parameter):
-        if isinstance(value, CompressionParameter):
-            new = type(value)(sliced, requires_grad=value.requires_grad,
-                              compression_lr_multiplier=compression_lr_multiplier)
-            hooks = list((value._backward_hooks or {}).values()) if compression_lr_multiplier is None else []
-            if hooks and new.dtype.is_floating_point:
-                requires_grad = new.requires_grad  # (a hook needs requires_grad while it is registered)
-                new.requires_grad_(True)
-                for hook in hooks:
-                    new.register_hook(hook)
-                new.requires_grad_(requires_grad)
-        elif type(value) is not nn.Parameter:  # another subclass: keep it
-            new = type(value)(sliced, requires_grad=value.requires_grad)
-        else:
-            new = nn.Parameter(sliced, requires_grad=value.requires_grad)
-        setattr(owner, name, new)
-    else:
+    if not isinstance(value, nn.Parameter):
         value.data = sliced
+        return
+    new = type(value)(sliced, requires_grad=value.requires_grad)
+    hooks = list((value._backward_hooks or {}).values())
+    if hooks:
+        new.requires_grad_(True)  # a hook can only be registered on a tensor that requires grad
+        for hook in hooks:
+            new.register_hook(hook)
+        new.requires_grad_(value.requires_grad)
+    setattr(owner, name, new)
 
 
 def _weight_quantizers(module: nn.Module) -> list[BaseQuantizer]:
@@ -61,10 +49,9 @@ def _slice_quantizer(q: BaseQuantizer, old: int, index: torch.Tensor, axis: int 
     shape = tuple(q.scale_shape)
     if len(shape) <= axis or shape[axis] != old or all(s == 1 for s in shape):
         return  # per-tensor: nothing to slice
-    multiplier = getattr(getattr(q, "_qspec", None), "compression_lr_multiplier", None)
     for name, p in list(q.named_parameters(recurse=False)) + list(q.named_buffers(recurse=False)):
         if tuple(p.shape) == shape:
-            _slice_tensor(q, name, axis, index, multiplier)
+            _slice_tensor(q, name, axis, index)
     new_shape = shape[:axis] + (len(index),) + shape[axis + 1:]
     q._scale_shape = new_shape
     q._qspec.scale_shape = new_shape
