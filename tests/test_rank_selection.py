@@ -145,7 +145,10 @@ def random_problems(draw):
                             options={"search": {"steps": 60}})
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# the same examples on every run (conftest.py's default hypothesis profile derandomizes; HYPOTHESIS_PROFILE=explore
+# draws new ones, pin what they find with @example); about a quarter of the draws have an unreachable target,
+# hence 100 examples for the constraint checks
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=random_problems(), name=st.sampled_from(BUDGETED))
 def test_every_selector_honours_budget_and_rank_constraints(problem, name):
     try:
