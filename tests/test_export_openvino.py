@@ -1,6 +1,7 @@
 """OpenVINO export: outputs equal torch, INT8 weights after NNCF quantization (factors included), pinned precision,
 latency measured in separate, interleaved worker processes."""
 
+import copy
 import pathlib
 
 import nncf
@@ -231,3 +232,59 @@ def test_export_after_training_with_knowledge_distillation(tmp_path):
         expected = ctrl.strip(do_copy=True)(x)
     got = torch.from_numpy(run_openvino(compile_openvino(xml, precision="f32"), x))
     assert float((got - expected).norm() / expected.norm()) < 1e-4
+
+
+class PaddedCPNet(nn.Module):
+    """A reflect-padded 3x3 conv (traced as pad + conv2d; Tucker-2 keeps the pad before its core), a circular-padded
+    dilated one, and a 3x3 conv for CP (two depthwise factors between 1x1s)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.reflect = nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect")
+        self.circular = nn.Conv2d(16, 16, 3, padding=2, dilation=2, padding_mode="circular", bias=False)
+        self.cp = nn.Conv2d(16, 24, 3, padding=1, stride=2)
+        self.fc = nn.Linear(24, 10)
+        with torch.no_grad():
+            for conv in (self.reflect, self.circular):
+                conv.weight.copy_(low_rank_conv_weight(16, 16, 3, 6, 6, noise=0.01))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.circular(torch.relu(self.reflect(x))))
+        return self.fc(torch.relu(self.cp(x)).mean((2, 3)))
+
+
+PADDED_CP_BLOCK = {"algorithm": "tensor_decomposition", "skip_first_layer": True, "skip_last_layer": True,
+                   "layers": {"reflect": {"method": "tucker2", "ranks": [8, 8]},
+                              "circular": {"method": "tucker2", "ranks": [8, 8]},
+                              "cp": {"method": "cp", "ranks": 12}}}
+
+
+@pytest.mark.parametrize("quantization", [False, True])
+def test_cp_factors_and_padding_modes_export_equal_to_torch(tmp_path, quantization):
+    original = PaddedCPNet().eval()
+    ctrl, _ = compress(model=copy.deepcopy(original), td_block=PADDED_CP_BLOCK, quantization=quantization)
+    stripped = ctrl.strip().eval()
+    decomposed = {name: (m.method, tuple(m.ranks)) for name, m in stripped.named_modules() if hasattr(m, "ranks")}
+    assert decomposed == {"reflect": ("tucker2", (8, 8)), "circular": ("tucker2", (8, 8)), "cp": ("cp", (12,))}
+    if not quantization:  # the factor layers pad as the original did: rank 8 >= the weights' rank 6 (+ noise)
+        h = torch.randn(2, 16, 16, 16)
+        with torch.no_grad():
+            for name in ("reflect", "circular"):
+                ref = getattr(original, name)(h)
+                err = float((getattr(stripped, name)(h) - ref).norm() / ref.norm())
+                assert err < 0.05, (name, err)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = stripped(x)
+    xml = export_openvino(ctrl, x[:1], tmp_path / "padded_cp.xml")
+    got = torch.from_numpy(run_openvino(compile_openvino(xml, precision="f32"), x))
+    error = float((got - expected).norm() / expected.norm())
+    if quantization:
+        counts = count_int8_weights(xml)
+        # stem, fc, 3 Tucker-2 factors twice, CP's 1x1 + two depthwise + 1x1
+        assert counts["ops"] == counts["int8_weight_ops"] == 2 + 3 + 3 + 4, counts["per_op"]
+        assert error < 2e-2
+    else:
+        assert error < 1e-4
