@@ -258,3 +258,59 @@ def test_fixed_energy_threshold_records_no_target():
     assert td.target_ratio is None
     row = next(line for line in td.to_str().splitlines() if "Target ratio" in line)
     assert "x" not in row.replace("Target ratio", "") and "-" in row
+
+
+class BNWeightedNet(torch.nn.Module):
+    """A stem, a 3x3 conv whose output feeds only a BatchNorm with gammas over three decades, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(32)
+        self.fc = torch.nn.Linear(32, 10)
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.logspace(-2, 1, 32)[torch.randperm(32)])
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = self.bn(self.conv(torch.relu(self.stem(x))))
+        return self.fc(torch.relu(x).mean((2, 3)))
+
+
+def _after_bn_error(original, stripped) -> float:
+    """Relative error of conv -> BN (what the rest of the network sees) on random inputs to the conv."""
+    h = torch.randn(4, 16, 16, 16)
+    with torch.no_grad():
+        ref = original.bn(original.conv(h))
+        return float((stripped.bn(stripped.conv(h)) - ref).norm() / ref.norm())
+
+
+def test_bn_aware_through_the_config_weights_the_error_by_the_following_batchnorm():
+    import copy
+
+    original = BNWeightedNet().eval()
+    errors, weighted = {}, {}
+    for bn_aware in (False, True):
+        block = {"algorithm": "tensor_decomposition", "layers": {"conv": {"method": "tucker2", "ranks": [8, 8]}},
+                 "decomposition": {"bn_aware": bn_aware}}
+        ctrl, _ = compress(model=copy.deepcopy(original), td_block=block, quantization=False)
+        weighted[bn_aware] = ctrl.plan["layers"]["conv"]["bn_weighted"]
+        errors[bn_aware] = _after_bn_error(original, ctrl.strip().eval())
+    assert weighted == {False: False, True: True}
+    # the channels the BatchNorm amplifies are approximated better: a clearly lower error after it
+    assert errors[True] < 0.8 * errors[False], errors
+
+
+def test_first_and_last_layers_are_decomposed_when_not_skipped():
+    block = {"algorithm": "tensor_decomposition", "skip_first_layer": False, "skip_last_layer": False,
+             "budget": {"metric": "params", "target_ratio": 1.3}}
+    ctrl, _ = compress(model=BNWeightedNet(), td_block=block, quantization=False)
+    stats = ctrl.statistics().tensor_decomposition
+    # candidates of the search like the others (it may keep them dense, saying so)
+    assert all(stats.skipped.get(name, "search:").startswith("search:") for name in ("stem", "fc")), stats.skipped
+    ctrl, _ = compress(model=BNWeightedNet(), td_block={"algorithm": "tensor_decomposition",
+                                                        "budget": {"metric": "params", "target_ratio": 1.3}},
+                       quantization=False)
+    skipped = ctrl.statistics().tensor_decomposition.skipped
+    assert skipped["stem"] == "first layer (skip_first_layer)" and skipped["fc"] == "last layer (skip_last_layer)"
