@@ -583,3 +583,38 @@ def test_whole_model_check_is_refused_where_it_cannot_apply():
     config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
     with pytest.raises(TDConfigError, match=r"latency\.whole_model_check.*only the decomposable layers"):
         create_compressed_model(ConvStack(), config)
+
+
+def test_int8_auto_means_quantization_follows_the_decomposition(tmp_path, monkeypatch):
+    """``latency.int8: "auto"`` (the default) times the layers in INT8 exactly when quantization comes after the
+    decomposition in the config; an explicit value wins."""
+    import nncf
+    from nncf.torch import create_compressed_model
+
+    from nncf_tdplugin import validate_config
+    from nncf_tdplugin.nncf_integration.latency_budget import settings_from
+
+    quantization = {"algorithm": "quantization", "initializer": {"range": {"num_init_samples": 0},
+                                                                 "batchnorm_adaptation": {"num_bn_adaptation_samples": 0}}}
+
+    def config(order, **latency):
+        td = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": 1.2},
+              "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
+                          "rank_multiple": 4, **latency}}
+        blocks = {"td": td, "q": quantization}
+        return nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]},
+                                          "compression": [blocks[name] for name in order]})
+
+    def int8(nncf_config):
+        return settings_from(validate_config(nncf_config), nncf_config).int8
+
+    assert int8(config(["td", "q"])) and not int8(config(["td"])) and not int8(config(["q", "td"]))
+    assert not int8(config(["td", "q"], int8=False)) and int8(config(["td"], int8=True))
+    analytic_latency(monkeypatch)
+    ctrl, _ = create_compressed_model(ConvStack(), config(["td", "q"]))
+    td = next(c for c in ctrl.child_ctrls if hasattr(c, "plan"))
+    assert td.plan["latency"]["int8"] and td.plan["latency"]["budget_met"]
+    keys = [key for file in tmp_path.glob("*.json") for key in json.loads(file.read_text()).get("entries", {})]
+    convs = [key for key in keys if key.startswith("conv|64>64|")]  # the 3x3 convs after ReLUs: unsigned inputs
+    assert convs and all("|u8|" in key for key in convs), convs[:3]
+    assert any(key.startswith("conv|3>64|") and "|i8|" in key for key in keys)  # the stem reads the signed image
