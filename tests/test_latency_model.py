@@ -618,3 +618,24 @@ def test_int8_auto_means_quantization_follows_the_decomposition(tmp_path, monkey
     convs = [key for key in keys if key.startswith("conv|64>64|")]  # the 3x3 convs after ReLUs: unsigned inputs
     assert convs and all("|u8|" in key for key in convs), convs[:3]
     assert any(key.startswith("conv|3>64|") and "|i8|" in key for key in keys)  # the stem reads the signed image
+
+
+@pytest.mark.parametrize("efficient,expected", [({}, 1), ({16: 0.85}, 16), ({8: 0.9, 16: 0.895}, 8),
+                                                ({32: 0.996}, 1), ({32: 0.99}, 32)])
+def test_rank_multiple_probe_picks_the_most_efficient_channel_multiple(tmp_path, monkeypatch, efficient, expected):
+    """The probe's rule on synthetic timings: latency per MAC scaled by ``efficient[m]`` at channel counts that are
+    multiples of m (the largest such m applies): the best multiple wins if it is >0.5% more efficient than the
+    average, a smaller multiple within 1% of it is preferred (finer rank menus), else 1."""
+    from nncf_tdplugin.latency_model import cost_model
+
+    def fake_measure(specs, cache, **_):
+        for s in specs:
+            c = s.in_channels
+            scale = min([f for m, f in efficient.items() if c % m == 0], default=1.0)
+            cache.put(s.key, 1e-4 * c * c * scale)
+        cache.runtime = {"runtime_precision": "f32", "threads": 1}
+        return len(specs)
+
+    monkeypatch.setattr(cost_model, "measure_specs", fake_measure)
+    model = LatencyCostModel(LatencySettings(precision="f32", threads=1, cache_dir=str(tmp_path)), progress=False)
+    assert model.probe_rank_multiple() == expected, model.rank_multiple_scores
