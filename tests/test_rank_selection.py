@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -240,3 +241,28 @@ def test_search_meets_an_additional_budget_whose_cost_rises_along_the_menu(flops
                                additional=(Budget("params", params_ratio),), additional_fixed_costs={"params": 0.0})
     choices = RANK_SELECTORS["search"]().select(problem)
     assert not problem.missed(choices), (choices, problem.ratios(choices))
+
+
+def test_cost_layer_weighting_spends_the_errors_where_the_cost_is_small():
+    """``search.layer_weighting: "cost"`` weights each layer's squared error by its share of the dense cost: the
+    big layer ("b", 7x the params of "a") is kept more accurate than under equal weights, the small one less, and
+    each plan is the better one for its own objective."""
+    from nncf_tdplugin.decomposition import tucker2_relative_errors
+
+    torch.manual_seed(1)
+    cands = [conv_candidate("a", 32, 32, 3, low_rank_conv_weight(32, 32, 3, 8, 8, 0.2)),
+             conv_candidate("b", 96, 96, 3, low_rank_conv_weight(96, 96, 3, 24, 24, 0.2))]
+    errors = {c.name: tucker2_relative_errors(c.weight) for c in cands}
+    dense = np.array([c.dense_cost("params") for c in cands])
+    weights = {"uniform": np.ones(2), "cost": dense / dense.sum() * 2}
+    plans = {}
+    for how in ("uniform", "cost"):
+        problem = SelectionProblem(cands, Budget("params", 4.0), RankConstraints(), fixed_cost=0.0,
+                                   options={"search": {"layer_weighting": how}})
+        choices = RANK_SELECTORS["search"]().select(problem)
+        assert problem.ratio(choices) >= 4.0
+        plans[how] = np.array([float(errors[c.name][choices[c.name].ranks]) ** 2 for c in cands])
+    assert plans["cost"][1] < plans["uniform"][1] and plans["cost"][0] > plans["uniform"][0], plans
+    for how, w in weights.items():
+        other = "cost" if how == "uniform" else "uniform"
+        assert w @ plans[how] <= w @ plans[other] + 1e-9, (how, plans)
