@@ -314,3 +314,28 @@ def test_first_and_last_layers_are_decomposed_when_not_skipped():
                        quantization=False)
     skipped = ctrl.statistics().tensor_decomposition.skipped
     assert skipped["stem"] == "first layer (skip_first_layer)" and skipped["fc"] == "last layer (skip_last_layer)"
+
+
+def test_auto_methods_with_cp_only_resume_the_cp_factors_exactly(monkeypatch):
+    """``method: "auto"`` with ``auto_methods: ["cp"]``: every k x k conv the search decomposes is CP (1x1 convs and
+    Linear layers stay SVD), quantized; a checkpoint resumes the CP factors without running CP-ALS again."""
+    from nncf_tdplugin import td_controller
+
+    block = {"algorithm": "tensor_decomposition", "method": "auto", "auto_methods": ["cp"],
+             "budget": {"metric": "params", "target_ratio": 1.3}, "decomposition": {"cp_iterations": 25},
+             "ignored_scopes": ["{re}.*conv3.*"]}  # one CP-ALS menu (conv2's) keeps the test short
+    ctrl, model = compress(td_block=block)
+    train_steps(ctrl, model, steps=1)
+    layers = td_controller(ctrl).plan["layers"]
+    assert layers["conv2"]["method"] == "cp" and "conv3" not in layers, layers
+    assert all(e["method"] == "svd" for n, e in layers.items() if n in ("conv4", "fc1"))
+
+    def no_decomposition(*args, **kwargs):
+        raise AssertionError("resume must not decompose again")
+
+    monkeypatch.setattr(builder_module, "decompose_layer", no_decomposition)
+    ctrl2, model2 = compress(LowRankCNN(noise=0.5), td_block=block, compression_state=ctrl.get_compression_state())
+    model2.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x), model2.eval()(x))
+    assert td_controller(ctrl2).plan["layers"] == layers
