@@ -29,6 +29,8 @@ from nncf_tdplugin.config import ALGO_NAME, TDConfig, TDConfigError
 from nncf_tdplugin.decomposition.ranks import max_ranks
 from nncf_tdplugin.decomposition.whitening import InputWhitening
 from nncf_tdplugin.layers import (
+    DecomposedConv2d,
+    DecomposedLinear,
     build_factorized,
     check_ranks,
     decompose_layer,
@@ -38,7 +40,7 @@ from nncf_tdplugin.layers import (
 )
 from nncf_tdplugin.nncf_integration._internals import refresh_after_restructuring
 from nncf_tdplugin.nncf_integration.activation_stats import collect_input_moments
-from nncf_tdplugin.nncf_integration.graph_layers import GraphLayer, find_weighted_layers
+from nncf_tdplugin.nncf_integration.graph_layers import GraphLayer, find_weighted_layers, replace_module
 from nncf_tdplugin.nncf_integration.latency_budget import (
     attach_latency_costs,
     check_whole_model,
@@ -100,7 +102,10 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             self._apply_plan(target_model, layers, decompose=True)
         else:
             self._apply_plan(target_model, layers, decompose=False)
-        refresh_after_restructuring(target_model)
+        try:
+            refresh_after_restructuring(target_model)
+        except AttributeError as error:
+            raise _read_outside_forward(target_model, error) from error
         if self.td_config.rank_learning:  # learnable rank gates, placed before quantization's weight quantizers
             from nncf_tdplugin.rank_learning.setup import gate_layout
 
@@ -267,8 +272,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
             for child_name, child in list(factorized.named_children()):
                 _copy_requires_grad(dense, child)
                 setattr(factorized, child_name, nncf_module_from(child))
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, factorized)
+            replace_module(model, dense, factorized)  # under every name: an alias must not keep the dense layer
 
 
     def _output_scale(self, layer: GraphLayer) -> Optional[torch.Tensor]:
@@ -372,6 +376,30 @@ def _match_overrides(cfg: TDConfig, layers: list[GraphLayer]) -> dict[str, _Over
     return result
 
 
+def _read_outside_forward(model: nn.Module, error: AttributeError) -> Exception:
+    """The re-trace after the decomposition failed on an attribute of a factorized layer (its ``weight``, read by
+    code outside the layer's own forward, e.g. ``F.linear(h, self.proj.weight.t())`` for tied projections): a
+    config error naming the layer and the line that read it. Any other AttributeError is returned unchanged."""
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for i in range(len(frames) - 1, 0, -1):
+        owner = frames[i].f_locals.get("self")
+        if frames[i].f_code.co_name == "__getattr__" and isinstance(owner, (DecomposedConv2d, DecomposedLinear)):
+            names = [n for n, m in model.named_modules() if m is owner]
+            caller = frames[i - 1]
+            attr = frames[i].f_locals.get("name", "weight")
+            return TDConfigError(
+                f"{ALGO_NAME}: layer {names[0] if names else type(owner).__name__!r} was decomposed, but the model "
+                f"reads its {attr!r} outside the layer's own forward ({caller.f_code.co_filename}:"
+                f"{caller.f_lineno}, in {caller.f_code.co_name}), e.g. tied weights; factor layers have no "
+                f"{attr!r}. Keep it dense: \"layers\": {{\"{names[0] if names else '...'}\": {{\"exclude\": true}}}}"
+            )
+    return error
+
+
 def _skip_reason(builder, cfg: TDConfig, layer: GraphLayer, override, first, last) -> Optional[str]:
     if override is not None and override.exclude:
         return f"excluded by layers[{override.key!r}]"
@@ -380,6 +408,8 @@ def _skip_reason(builder, cfg: TDConfig, layer: GraphLayer, override, first, las
         return why
     if layer.calls > 1:
         return f"shared module (called {layer.calls} times)"
+    if layer.tied_to:
+        return f"tied weights (a parameter is shared with {', '.join(layer.tied_to)})"
     explicit = override is not None and override.ranks is not None
     if not builder._should_consider_scope(layer.node_name):
         return "ignored_scopes/target_scopes"

@@ -26,6 +26,8 @@ class GraphLayer:
     # the input is non-negative by construction (after a ReLU, through pooling...): NNCF quantizes it unsigned, and
     # OpenVINO runs such a layer on u8 (the INT8 latency cost model times it so)
     input_nonnegative: bool = False
+    # other modules holding one of this layer's parameters (tied weights): decomposing one would untie them
+    tied_to: tuple = ()
 
 
 def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
@@ -50,6 +52,7 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
     calls: dict[int, int] = {}
     for _, module, _, _, _ in found:
         calls[id(module)] = calls.get(id(module), 0) + 1
+    owners = _parameter_owners(model)
     layers = []
     for node, module, in_shape, out_shape, nonnegative in found:
         geometry = LayerGeometry.of(module, in_shape, out_shape) if _is_plain(module) else None
@@ -57,9 +60,37 @@ def find_weighted_layers(model: NNCFNetwork) -> list[GraphLayer]:
             macs = dense_macs(geometry)
         else:  # grouped conv: every output pixel costs weight.numel() MACs
             macs = int(torch.tensor(out_shape[2:]).prod()) * module.weight.numel()
+        tied = sorted({owner for p in module.parameters(recurse=False) for owner in owners[id(p)]
+                       if owner != names[id(module)]})
         layers.append(GraphLayer(names[id(module)], node.node_name, module, geometry, macs, calls[id(module)],
-                                 _following_batchnorm_scale(model, graph, node), in_shape, out_shape, nonnegative))
+                                 _following_batchnorm_scale(model, graph, node), in_shape, out_shape, nonnegative,
+                                 tuple(tied)))
     return layers
+
+
+def _parameter_owners(model: nn.Module) -> dict[int, set]:
+    """id(parameter) -> the (first) names of the modules holding it directly; a parameter assigned to two modules
+    (tied weights) has two owners, a module registered under two names (an alias) counts once."""
+    owners: dict[int, set] = {}
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(name)
+    return owners
+
+
+def module_paths(model: nn.Module, module: nn.Module) -> list[str]:
+    """Every dotted name under which ``module`` is registered in ``model`` (more than one for an alias such as
+    ``self.head = self.blocks[-1]``), in ``named_modules`` order."""
+    return [name for name, m in model.named_modules(remove_duplicate=False) if m is module]
+
+
+def replace_module(model: nn.Module, module: nn.Module, new: nn.Module) -> list[str]:
+    """Put ``new`` in place of ``module`` under every name it is registered as (replacing only the first name would
+    leave an alias calling the old module); returns those names."""
+    paths = module_paths(model, module)
+    for path in paths:
+        model.set_submodule(path, new)
+    return paths
 
 
 _WEIGHTED_OPS = ("conv2d", "linear")

@@ -33,6 +33,7 @@ from nncf.common.logging import nncf_logger
 from nncf_tdplugin.config import ALGO_NAME, TDConfig
 from nncf_tdplugin.decomposition.ranks import max_ranks
 from nncf_tdplugin.latency_model import LatencyCostModel, LatencySettings, LayerSpec
+from nncf_tdplugin.nncf_integration.graph_layers import replace_module
 from nncf_tdplugin.rank_selection import Budget, RankChoice, RankConstraints, RankSelector, SelectionProblem
 from nncf_tdplugin.rank_selection.options import rank_grid
 
@@ -202,16 +203,17 @@ def _export_plan(net, input_shape, model: LatencyCostModel, choices: dict[str, R
     and the dense ones put back, whatever happens."""
     from nncf_tdplugin.layers.factorized import build_factorized
 
-    swapped = {}
+    swapped = []  # (dense, factorized), replaced under every name the dense layer has (aliases included)
     try:
         for name, choice in choices.items():
             if not choice.is_dense:
-                swapped[name] = net.get_submodule(name)
-                net.set_submodule(name, build_factorized(swapped[name], choice.method, choice.ranks))
+                dense = net.get_submodule(name)
+                swapped.append((dense, build_factorized(dense, choice.method, choice.ranks)))
+                replace_module(net, *swapped[-1])
         return _export_for_timing(net, input_shape, model, xml)
     finally:
-        for name, dense in swapped.items():
-            net.set_submodule(name, dense)
+        for dense, factorized in swapped:
+            replace_module(net, factorized, dense)
 
 
 def plan_speedup(net, input_shape, model: LatencyCostModel, choices: dict[str, RankChoice], dense_xml: str,
