@@ -85,7 +85,7 @@ TD_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "description": "Global budget: the cost (of the whole model, or of the decomposable layers, see "
             "'scope') divided by 'target_ratio'. Without this key the default is params 2.0 over the decomposable "
-            "layers, which is always reachable.",
+            "layers, which is always reachable unless layers given fixed ranks in 'layers' keep too much.",
             "properties": {
                 "metric": {
                     "enum": ["params", "flops", "latency"],

@@ -174,8 +174,20 @@ def test_knowledge_distillation_after_decomposition_is_rejected():
 
 def test_unreachable_budget():
     block = {"algorithm": "tensor_decomposition", "budget": {"target_ratio": 50}, "constraints": {"min_rank": 8}}
-    with pytest.raises(TDConfigError, match=r"budget.*unreachable.*only [0-9.]+x smaller"):
+    with pytest.raises(TDConfigError, match=r"budget.*unreachable.*only [0-9.]+x smaller") as error:
         compress(td_block=block, quantization=False)
+    assert "default budget" not in str(error.value)  # the user's own budget
+
+
+def test_an_unreachable_default_budget_says_it_is_the_default():
+    """Fixed full ranks on every candidate and no 'budget': the default params 2x cannot be met, and the error
+    must not read as if the user had set that target."""
+    layers = {name: {"ranks": 1.0} for name in ("conv2", "conv3", "conv4", "fc1")}
+    block = {"algorithm": "tensor_decomposition", "layers": layers}
+    with pytest.raises(TDConfigError, match=r"unreachable.*This is the default budget \(no 'budget' key was given\)"
+                                            r".*rank_selection 'fraction'"):
+        compress(td_block=block, quantization=False)
+    compress(td_block={**block, "rank_selection": "fraction", "rank_fraction": 1.0}, quantization=False)
 
 
 def _run(code, env_extra=None):

@@ -208,7 +208,11 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
                 else:
                     choices = selector.select(problem)
             except ValueError as e:  # BudgetUnreachableError and friends
-                raise TDConfigError(f"{ALGO_NAME}.budget: {e}") from e
+                default = "" if "budget" in cfg.raw else (
+                    f" This is the default budget (no 'budget' key was given): params {cfg.target_ratio:g}x over the "
+                    f"decomposable layers, and layers given fixed ranks in 'layers' count in it; give a 'budget' "
+                    f"the fixed ranks can meet, or rank_selection 'fraction' to keep only the given ranks.")
+                raise TDConfigError(f"{ALGO_NAME}.budget: {e}{default}") from e
         plan_layers = {}
         for c in candidates:
             choice = choices.get(c.name)
