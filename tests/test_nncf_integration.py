@@ -426,3 +426,39 @@ def test_a_weight_read_outside_the_layers_forward_names_the_layer():
         compress(model=Net(), td_block=block, quantization=False)
     block["layers"]["proj"] = {"exclude": True}  # the suggested fix
     compress(model=Net(), td_block=block, quantization=False)
+
+
+class UnsupportedLayersNet(torch.nn.Module):
+    """A Conv1d, a ConvTranspose2d and a MultiheadAttention (NNCF does not trace its fused call, so the classifier
+    after it has no traced input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.c1 = torch.nn.Conv1d(32, 32, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(32, 32, 2, stride=2)
+        self.mid = torch.nn.Conv2d(32, 64, 3, padding=1)
+        self.attn = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        b, c, h, w = x.shape
+        x = torch.relu(self.mid(self.up(self.c1(x.flatten(2)).reshape(b, c, h, w))))
+        t = x.flatten(2).transpose(1, 2)
+        return self.fc(self.attn(t, t, t)[0].mean(1))
+
+
+def test_weighted_layers_the_algorithm_cannot_touch_are_listed_with_the_reason():
+    """They were missing from the statistics (a ViT's attention projections are a third of its weights)."""
+    from nncf_tdplugin import td_controller
+
+    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "params", "target_ratio": 1.05}}
+    ctrl, _ = compress(model=UnsupportedLayersNet(), td_block=block, quantization=False)
+    skipped = td_controller(ctrl).statistics().tensor_decomposition.skipped
+    assert skipped["c1"] == "Conv1d: only Conv2d and Linear are decomposed"
+    assert skipped["up"] == "ConvTranspose2d: only Conv2d and Linear are decomposed"
+    assert skipped["attn"].startswith("MultiheadAttention: its projections are weights of one fused call")
+    assert "attn.out_proj" not in skipped  # a Linear that is never called: covered by its attention module
+    assert skipped["fc"].startswith("not a traced call in NNCF's graph")
+    assert skipped["stem"] == "first layer (skip_first_layer)"

@@ -132,6 +132,7 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         candidates: list[LayerCandidate] = []
         pending: list[tuple] = []  # (layer, methods, fixed choice) of the layers that may be decomposed
         first, last = (layers[0].module_name, layers[-1].module_name) if layers else (None, None)
+        skipped.update(_unsupported_weighted_modules(model, layers))
         seen = set()
         for layer in layers:
             name = layer.module_name
@@ -378,6 +379,34 @@ def _match_overrides(cfg: TDConfig, layers: list[GraphLayer]) -> dict[str, _Over
                 )
         result[name] = found[0]
     return result
+
+
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                nn.MultiheadAttention)
+
+
+def _unsupported_weighted_modules(model: nn.Module, layers: list[GraphLayer]) -> dict[str, str]:
+    """Weighted modules this algorithm leaves alone whatever the config, with the reason, so that the statistics
+    account for them (a ViT's attention projections are a third of its weights): other conv kinds, and
+    MultiheadAttention, whose projections are read as weights inside one fused call, never called as layers (its
+    ``out_proj`` is a Linear that is never called)."""
+    found = {layer.module_name for layer in layers}
+    attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    reasons = {}
+    for name, module in model.named_modules():
+        if name.startswith("_nncf") or "kd_original_model" in name:  # NNCF's own modules (a KD teacher...)
+            continue
+        if name in attention:
+            reasons[name] = ("MultiheadAttention: its projections are weights of one fused call, not layers "
+                             "(only Conv2d and Linear calls are decomposed)")
+        elif any(name.startswith(a + ".") for a in attention):
+            continue
+        elif isinstance(module, _UNSUPPORTED):
+            reasons[name] = f"{type(module).__name__.removeprefix('NNCF')}: only Conv2d and Linear are decomposed"
+        elif isinstance(module, (nn.Conv2d, nn.Linear)) and name not in found:
+            reasons[name] = ("not a traced call in NNCF's graph: never called, or called on the output of an "
+                             "operation NNCF does not trace")
+    return reasons
 
 
 def _read_outside_forward(model: nn.Module, error: AttributeError) -> Exception:
