@@ -105,7 +105,10 @@ class TensorDecompositionBuilder(PTCompressionAlgorithmBuilder):
         try:
             refresh_after_restructuring(target_model)
         except AttributeError as error:
-            raise _read_outside_forward(target_model, error) from error
+            culprit = _read_outside_forward(target_model, error)
+            if culprit is None:
+                raise
+            raise culprit from error
         if self.td_config.rank_learning:  # learnable rank gates, placed before quantization's weight quantizers
             from nncf_tdplugin.rank_learning.setup import gate_layout
 
@@ -409,10 +412,10 @@ def _unsupported_weighted_modules(model: nn.Module, layers: list[GraphLayer]) ->
     return reasons
 
 
-def _read_outside_forward(model: nn.Module, error: AttributeError) -> Exception:
+def _read_outside_forward(model: nn.Module, error: AttributeError) -> Optional[TDConfigError]:
     """The re-trace after the decomposition failed on an attribute of a factorized layer (its ``weight``, read by
     code outside the layer's own forward, e.g. ``F.linear(h, self.proj.weight.t())`` for tied projections): a
-    config error naming the layer and the line that read it. Any other AttributeError is returned unchanged."""
+    config error naming the layer and the line that read it; None for any other AttributeError."""
     frames = []
     tb = error.__traceback__
     while tb is not None:
@@ -430,7 +433,7 @@ def _read_outside_forward(model: nn.Module, error: AttributeError) -> Exception:
                 f"{caller.f_lineno}, in {caller.f_code.co_name}), e.g. tied weights; factor layers have no "
                 f"{attr!r}. Keep it dense: \"layers\": {{\"{names[0] if names else '...'}\": {{\"exclude\": true}}}}"
             )
-    return error
+    return None
 
 
 def _skip_reason(builder, cfg: TDConfig, layer: GraphLayer, override, first, last) -> Optional[str]:
