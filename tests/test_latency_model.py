@@ -346,22 +346,28 @@ def test_latency_budget_is_met_and_holds_end_to_end(tmp_path):
 WHOLE_MODEL_TARGET = 1.15
 
 
-def _whole_model_plan(tmp_path, monkeypatch=None) -> dict:
-    """The latency part of the plan of ConvStack under latency:1.15 with ``calibration: "whole_model"``; with
-    ``monkeypatch``, on the analytic per-layer timings (:func:`analytic_latency`) at rank multiple 4."""
+def _convstack_ctrl(tmp_path, target, monkeypatch=None, **latency):
+    """ConvStack compressed under a latency budget (f32, 1 thread, a 3-point grid, ``latency`` keys added); with
+    ``monkeypatch``, selected on the analytic per-layer timings (:func:`analytic_latency`) at rank multiple 4, so
+    that which targets are reachable does not depend on the machine's load."""
     import nncf
     from nncf.torch import create_compressed_model
 
-    block = {"algorithm": "tensor_decomposition",
-             "budget": {"metric": "latency", "target_ratio": WHOLE_MODEL_TARGET},
+    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": target},
              "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
-                         "iterations": 20, "repeats": 3, "calibration": "whole_model"}}
+                         "iterations": 10, "repeats": 2, **latency}}
     if monkeypatch is not None:
         analytic_latency(monkeypatch)
         block["latency"]["rank_multiple"] = 4
     config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
     ctrl, _ = create_compressed_model(ConvStack(), config)
-    return ctrl.plan["latency"]
+    return ctrl
+
+
+def _whole_model_plan(tmp_path, monkeypatch=None) -> dict:
+    """The latency part of the plan of ConvStack under latency:1.15 with ``calibration: "whole_model"``."""
+    return _convstack_ctrl(tmp_path, WHOLE_MODEL_TARGET, monkeypatch, iterations=20, repeats=3,
+                           calibration="whole_model").plan["latency"]
 
 
 def test_whole_model_calibration_times_the_dense_model(tmp_path):
@@ -438,19 +444,8 @@ def test_whole_model_calibration_falls_back_to_the_layers_when_the_layers_alone_
 
 
 def _checked_plan(tmp_path, monkeypatch, target, rounds=2):
-    """ConvStack's plan with ``whole_model_check: rounds``, selected on the analytic per-layer timings
-    (:func:`analytic_latency`) at rank multiple 4: the raised and lowered targets of the check's rounds are reached
-    or not by the same ranks on every machine."""
-    import nncf
-    from nncf.torch import create_compressed_model
-
-    analytic_latency(monkeypatch)
-    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": target},
-             "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
-                         "iterations": 10, "repeats": 2, "whole_model_check": rounds, "rank_multiple": 4}}
-    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
-    ctrl, _ = create_compressed_model(ConvStack(), config)
-    return ctrl.plan
+    """ConvStack's plan with ``whole_model_check: rounds``, on the analytic per-layer timings."""
+    return _convstack_ctrl(tmp_path, target, monkeypatch, whole_model_check=rounds).plan
 
 
 def _fake_speedups(monkeypatch, speedups, confirmed=None):
@@ -492,16 +487,8 @@ def test_whole_model_check_selects_again_at_a_raised_target_after_a_miss(tmp_pat
 
 
 def test_statistics_show_the_end_to_end_check(tmp_path, monkeypatch):
-    import nncf
-    from nncf.torch import create_compressed_model
-
     _fake_speedups(monkeypatch, [1.01, 1.02])  # never meets 1.1
-    analytic_latency(monkeypatch)
-    block = {"algorithm": "tensor_decomposition", "budget": {"metric": "latency", "target_ratio": 1.1},
-             "latency": {"precision": "f32", "threads": 1, "cache_dir": str(tmp_path), "grid_points": 3,
-                         "iterations": 10, "repeats": 2, "whole_model_check": 1, "rank_multiple": 4}}
-    config = nncf.NNCFConfig.from_dict({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [block]})
-    ctrl, _ = create_compressed_model(ConvStack(), config)
+    ctrl = _convstack_ctrl(tmp_path, 1.1, monkeypatch, whole_model_check=1)
     assert not ctrl.plan["latency"]["budget_met"]
     text = ctrl.statistics().to_str()
     assert "Whole model, end to end" in text

@@ -78,19 +78,12 @@ def _parameter_owners(model: nn.Module) -> dict[int, set]:
     return owners
 
 
-def module_paths(model: nn.Module, module: nn.Module) -> list[str]:
-    """Every dotted name under which ``module`` is registered in ``model`` (more than one for an alias such as
-    ``self.head = self.blocks[-1]``), in ``named_modules`` order."""
-    return [name for name, m in model.named_modules(remove_duplicate=False) if m is module]
-
-
-def replace_module(model: nn.Module, module: nn.Module, new: nn.Module) -> list[str]:
-    """Put ``new`` in place of ``module`` under every name it is registered as (replacing only the first name would
-    leave an alias calling the old module); returns those names."""
-    paths = module_paths(model, module)
-    for path in paths:
+def replace_module(model: nn.Module, module: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` in place of ``module`` under every name it is registered as: a module registered twice (an alias
+    such as ``self.head = self.blocks[-1]``) appears once in ``named_modules()``, and replacing only that name would
+    leave the alias calling the old module."""
+    for path in [name for name, m in model.named_modules(remove_duplicate=False) if m is module]:
         model.set_submodule(path, new)
-    return paths
 
 
 _WEIGHTED_OPS = ("conv2d", "linear")
