@@ -44,6 +44,48 @@ def test_tucker2_error_table_matches_truncated_hosvd():
     assert torch.all(table[1:, :].diff(dim=1) <= 1e-12) and torch.all(table[:, 1:].diff(dim=0) <= 1e-12)
 
 
+@pytest.mark.parametrize(
+    "shape, ranks",
+    [((48, 40, 3, 3), (12, 10)), ((64, 16, 3, 3), (30, 8)), ((8, 96, 3, 3), (8, 80)), ((32, 24, 1, 5), (32, 24))],
+)
+def test_tucker2_hooi_matches_tensorlys_partial_tucker(shape, ranks):
+    """Our HOOI only swaps the per-mode SVD for a Gram eigendecomposition: the sweeps, the errors and (where the
+    ranks do not exceed an unfolding's rank) the subspaces must be tensorly's. (8, 96, 3, 3) at R_in 80 makes the
+    mode-1 unfolding tall and rank-deficient (80 > 8 * 9), the completed case."""
+    from tensorly.decomposition import partial_tucker
+
+    from nncf_tdplugin.decomposition._tensorly import numpy_backend
+    from nncf_tdplugin.decomposition.tucker2 import hooi
+
+    torch.manual_seed(0)
+    u, s, v = torch.linalg.svd(torch.randn(shape[0], shape[1] * shape[2] * shape[3], dtype=torch.float64), False)
+    w = ((u * s * torch.exp(-torch.arange(len(s)) / 6.0)) @ v).reshape(shape).numpy()  # a decaying spectrum
+    with numpy_backend():
+        (ref_core, ref_factors), ref_errors = partial_tucker(
+            w, rank=list(ranks), modes=[0, 1], init="svd", n_iter_max=10, tol=1e-6
+        )
+        core, factors, errors = hooi(w, ranks, modes=(0, 1), n_iter_max=10, tol=1e-6)
+    assert len(errors) == len(ref_errors)
+    # abs 1e-7: at an exact fit both errors are sqrt(|‖X‖² - ‖core‖²|) of rounding noise, ~sqrt(eps) = 1e-8
+    assert errors == pytest.approx([float(e) for e in ref_errors], abs=1e-7)
+    for mode, (ours, ref) in enumerate(zip(factors, ref_factors)):
+        assert ours.shape == ref.shape
+        assert torch.allclose(torch.from_numpy(ours.T @ ours), torch.eye(ranks[mode], dtype=torch.float64), atol=1e-10)
+        if ranks[mode] <= min(tl.unfold(w, mode).shape) and ranks[mode] < shape[mode]:
+            assert abs(ours @ ours.T - ref @ ref.T).max() < 1e-8, f"mode {mode}: not tensorly's subspace"
+    ours_w = tl.tenalg.multi_mode_dot(core, factors, modes=[0, 1])
+    ref_w = tl.tenalg.multi_mode_dot(ref_core, ref_factors, modes=[0, 1])
+    assert abs(ours_w - ref_w).max() < 1e-8 * abs(w).max()
+
+
+def test_tucker2_factors_are_deterministic_with_a_sign_convention():
+    w = torch.randn(40, 24, 3, 3)
+    a, b = tucker2_decompose(w, (10, 8)), tucker2_decompose(w.clone(), (10, 8))
+    assert torch.equal(a.first, b.first) and torch.equal(a.core, b.core) and torch.equal(a.last, b.last)
+    for factor in (a.last, a.first.T):  # each column's largest-magnitude entry is positive
+        assert torch.all(factor.gather(0, factor.abs().argmax(0, keepdim=True)) > 0)
+
+
 def test_svd_factors_errors_and_eckart_young():
     m = low_rank_matrix(30, 50, 7, noise=0.05)
     errors = svd_relative_errors(m)

@@ -4,15 +4,22 @@
 1x1 conv S->R_in (``first``), k x k conv R_in->R_out (``core``, the original stride/padding/dilation) and
 1x1 conv R_out->T (``last``, the original bias). Kim et al., ICLR 2016.
 
-The factors are computed by tensorly's ``partial_tucker`` (HOOI, initialised with HOSVD). The factor matrices
+The factors are computed by HOOI initialised with HOSVD: the algorithm and stopping rule of tensorly's
+``partial_tucker``, with tensorly's mode products and unfoldings, but each mode basis taken from the eigenvectors
+of the unfolding's short-side Gram matrix instead of an SVD of the unfolding. tensorly 0.10's HOOI loop always
+calls its default SVD (``partial_tucker``'s ``svd=`` only reaches the initialisation), and on wide kernels
+(512 x 512 x 3 x 3) those SVDs were 90% of the build time; the Gram route is 10-15x faster per basis with the
+same subspaces (tests/test_decomposition.py checks the factors against ``partial_tucker``'s). The factor matrices
 are orthonormal and their columns are ordered by decreasing singular value of the mode unfolding, so truncating a
 decomposition to smaller ranks keeps its most important components.
 """
 
 from dataclasses import dataclass
 
+import numpy as np
+import tensorly as tl
 import torch
-from tensorly.decomposition import partial_tucker
+from tensorly.tenalg import multi_mode_dot
 
 from nncf_tdplugin.decomposition._tensorly import numpy_backend, to_numpy, to_torch
 
@@ -41,10 +48,50 @@ def tucker2_decompose(weight: torch.Tensor, ranks: tuple[int, int], n_iter_max: 
     if not (1 <= r_out <= t and 1 <= r_in <= s):
         raise ValueError(f"Tucker-2 ranks (R_out, R_in) must be in [1, {t}] x [1, {s}], got {(r_out, r_in)}")
     with numpy_backend():
-        (core, (u_out, u_in)), _ = partial_tucker(
-            to_numpy(weight), rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=n_iter_max, tol=1e-6
-        )
+        core, (u_out, u_in), _ = hooi(to_numpy(weight), (r_out, r_in), modes=(0, 1), n_iter_max=n_iter_max, tol=1e-6)
     return Tucker2Factors(first=to_torch(u_in.T, weight), core=to_torch(core, weight), last=to_torch(u_out, weight))
+
+
+def leading_left_basis(matrix: np.ndarray, rank: int) -> np.ndarray:
+    """The ``rank`` leading left singular vectors of ``matrix`` [m, n] (float64), from ``eigh`` of the m x m Gram
+    matrix when m <= n (a thin SVD otherwise), with a deterministic sign (each column's largest entry positive, as tensorly's ``svd_flip``). Where
+    ``rank`` exceeds the matrix's rank the extra columns are an orthonormal basis of the rest of R^m (tensorly
+    completes with random vectors there); they carry no energy either way."""
+    m, n = matrix.shape
+    if m <= n:
+        basis = np.linalg.eigh(matrix @ matrix.T)[1][:, ::-1][:, :rank]
+    else:  # a tall unfolding: its thin SVD is the cheap one, completed by a complete QR where rank > n
+        basis = np.linalg.svd(matrix, full_matrices=False)[0][:, :rank]
+        if rank > n:
+            basis = np.concatenate([basis, np.linalg.qr(basis, mode="complete")[0][:, n:rank]], axis=1)
+    signs = np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(rank)])
+    return np.ascontiguousarray(basis * np.where(signs == 0, 1.0, signs))
+
+
+def hooi(
+    tensor: np.ndarray, ranks: tuple[int, ...], modes: tuple[int, ...], n_iter_max: int, tol: float
+) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
+    """Partial Tucker by HOOI from an HOSVD start; returns ``(core, factors, relative errors per sweep)``.
+
+    The sweep and the stopping rule are ``tensorly.decomposition.partial_tucker``'s (0.10): every sweep
+    re-fits each mode's basis to the tensor projected on the other modes' bases, the error is
+    ``sqrt(|‖X‖² - ‖core‖²|) / ‖X‖``, and it stops after ``n_iter_max`` sweeps or when the error changed by less
+    than ``tol`` (checked from the third sweep on). Only the basis computation differs (see the module's doc).
+    Call under :func:`numpy_backend`.
+    """
+    factors = [leading_left_basis(tl.unfold(tensor, mode), rank) for mode, rank in zip(modes, ranks)]
+    core = multi_mode_dot(tensor, factors, modes=list(modes), transpose=True)
+    norm = float(np.linalg.norm(tensor))
+    errors: list[float] = []
+    for iteration in range(n_iter_max):
+        for index, mode in enumerate(modes):
+            projected = multi_mode_dot(tensor, factors, modes=list(modes), skip=index, transpose=True)
+            factors[index] = leading_left_basis(tl.unfold(projected, mode), ranks[index])
+        core = multi_mode_dot(tensor, factors, modes=list(modes), transpose=True)
+        errors.append(abs(norm**2 - float(np.linalg.norm(core)) ** 2) ** 0.5 / max(norm, 1e-300))
+        if iteration > 1 and tol and abs(errors[-2] - errors[-1]) < tol:
+            break
+    return core, factors, errors
 
 
 def left_singular_basis(matrix: torch.Tensor) -> torch.Tensor:
