@@ -135,3 +135,19 @@ def test_bad_ranks_raise():
         svd_decompose(torch.randn(8, 4), 0)
     with pytest.raises(ValueError, match="unknown decomposition method"):
         max_ranks((8, 4, 3, 3), "tt")
+
+
+def test_serial_lapack_limits_both_thread_pools_and_restores_them():
+    from threadpoolctl import threadpool_info
+
+    from nncf_tdplugin.decomposition._threads import serial_lapack
+
+    before_torch = torch.get_num_threads()
+    before_blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    with pytest.raises(RuntimeError, match="inside"):
+        with serial_lapack():
+            assert torch.get_num_threads() == 1
+            assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before_torch
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before_blas

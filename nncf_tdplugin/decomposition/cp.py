@@ -17,6 +17,7 @@ import torch
 from tensorly.decomposition import parafac
 
 from nncf_tdplugin.decomposition._tensorly import numpy_backend, to_numpy, to_torch
+from nncf_tdplugin.decomposition._threads import serial_lapack
 
 
 @dataclass
@@ -45,7 +46,8 @@ def cp_decompose(
     w = to_numpy(weight)
     scale = float(np.linalg.norm(w)) or 1.0
     # tensorly pads an SVD init whose rank exceeds a mode's size with random columns, and warns; that is expected.
-    with numpy_backend(), warnings.catch_warnings():
+    # one thread: CP-ALS is many small products and solves, 10x slower with two threads on a busy 2-core host
+    with numpy_backend(), serial_lapack(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
         cp = parafac(
             w / scale,

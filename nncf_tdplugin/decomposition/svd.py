@@ -11,6 +11,7 @@ import torch
 import tensorly as tl
 
 from nncf_tdplugin.decomposition._tensorly import numpy_backend, to_numpy, to_torch
+from nncf_tdplugin.decomposition._threads import serial_lapack
 
 
 @dataclass
@@ -33,7 +34,7 @@ def svd_decompose(matrix: torch.Tensor, rank: int) -> SVDFactors:
     full = min(matrix.shape)
     if not 1 <= rank <= full:
         raise ValueError(f"SVD rank must be in [1, {full}] for a matrix of shape {tuple(matrix.shape)}, got {rank}")
-    with numpy_backend():
+    with numpy_backend(), serial_lapack():
         u, s, vt = tl.svd_interface(to_numpy(matrix), n_eigenvecs=rank, method="truncated_svd")
     root = s**0.5
     return SVDFactors(first=to_torch(root[:, None] * vt, matrix), last=to_torch(u * root[None, :], matrix))
@@ -44,7 +45,9 @@ def singular_values(matrix: torch.Tensor) -> torch.Tensor:
     an SVD for the tall/wide unfoldings of conv kernels)."""
     m = matrix.detach().double().cpu()
     gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
-    return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).sqrt()
+    with serial_lapack():
+        values = torch.linalg.eigvalsh(gram)
+    return values.flip(0).clamp_min(0.0).sqrt()
 
 
 def svd_relative_errors(matrix: torch.Tensor) -> torch.Tensor:

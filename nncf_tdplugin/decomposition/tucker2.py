@@ -22,6 +22,7 @@ import torch
 from tensorly.tenalg import multi_mode_dot
 
 from nncf_tdplugin.decomposition._tensorly import numpy_backend, to_numpy, to_torch
+from nncf_tdplugin.decomposition._threads import serial_lapack
 
 
 @dataclass
@@ -59,11 +60,14 @@ def leading_left_basis(matrix: np.ndarray, rank: int) -> np.ndarray:
     completes with random vectors there); they carry no energy either way."""
     m, n = matrix.shape
     if m <= n:
-        basis = np.linalg.eigh(matrix @ matrix.T)[1][:, ::-1][:, :rank]
+        gram = matrix @ matrix.T
+        with serial_lapack():
+            basis = np.linalg.eigh(gram)[1][:, ::-1][:, :rank]
     else:  # a tall unfolding: its thin SVD is the cheap one, completed by a complete QR where rank > n
-        basis = np.linalg.svd(matrix, full_matrices=False)[0][:, :rank]
-        if rank > n:
-            basis = np.concatenate([basis, np.linalg.qr(basis, mode="complete")[0][:, n:rank]], axis=1)
+        with serial_lapack():
+            basis = np.linalg.svd(matrix, full_matrices=False)[0][:, :rank]
+            if rank > n:
+                basis = np.concatenate([basis, np.linalg.qr(basis, mode="complete")[0][:, n:rank]], axis=1)
     signs = np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(rank)])
     return np.ascontiguousarray(basis * np.where(signs == 0, 1.0, signs))
 
@@ -98,7 +102,9 @@ def left_singular_basis(matrix: torch.Tensor) -> torch.Tensor:
     """Orthonormal left singular vectors of a wide matrix [m, n], ordered by decreasing singular value, from the
     eigendecomposition of the m x m Gram matrix (m <= n here: 10-50x faster than an SVD of the matrix for conv
     unfoldings such as 512 x 4608; float64 keeps the squared spectrum accurate far below the errors that matter)."""
-    _, vectors = torch.linalg.eigh(matrix @ matrix.T)
+    gram = matrix @ matrix.T
+    with serial_lapack():
+        _, vectors = torch.linalg.eigh(gram)
     return vectors.flip(1)
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nncf_tdplugin.decomposition._threads import serial_lapack
+
 
 @dataclass
 class InputWhitening:
@@ -42,7 +44,8 @@ class InputWhitening:
             eye = torch.eye(m.shape[0], dtype=moment.dtype)
             return cls(eye, eye.clone())
         m = m + damping * scale * torch.eye(m.shape[0], dtype=m.dtype)
-        values, vectors = torch.linalg.eigh(m)
+        with serial_lapack():
+            values, vectors = torch.linalg.eigh(m)
         values = values.clamp_min(damping * scale * 0.5)  # eigh round-off must not undo the damping
         root = (vectors * values.sqrt()) @ vectors.T
         inv_root = (vectors / values.sqrt()) @ vectors.T
