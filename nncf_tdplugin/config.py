@@ -247,7 +247,9 @@ TD_SCHEMA: dict[str, Any] = {
             "description": "Numerical settings of the decompositions.",
             "properties": {
                 "tucker_iterations": {"type": "integer", "minimum": 0, "default": 10,
-                                      "description": "HOOI sweeps after the HOSVD initialisation."},
+                                      "description": "At most this many HOOI sweeps after the HOSVD initialisation "
+                                                     "(fewer once the relative error changes by less than 1e-6 "
+                                                     "between sweeps); 0 keeps the HOSVD factors."},
                 "cp_iterations": {**_POSITIVE_INT, "default": 200, "description": "CP-ALS iterations."},
                 "seed": {"type": "integer", "default": 0, "description": "Seed of every random choice."},
                 "bn_aware": {
