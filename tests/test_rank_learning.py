@@ -589,13 +589,15 @@ def test_strip_before_the_freeze_with_soft_masks_drops_what_the_projection_drops
     assert torch.allclose(expected, after, atol=1e-5, rtol=1e-4), (expected - after).abs().max()
     assert {name: list(stripped.get_submodule(name).ranks) for name in ranks} == ranks
     assert all(bool((g.gate.mask == 1).all()) for g in td.groups)  # the live model goes on with soft masks
-    assert len(warnings) == 1 and "fixes the ranks of the current projection" in warnings[0]
+    hardened = [w for w in warnings if "fixes the ranks of the current projection" in w]
+    assert len(hardened) == 1 and len(warnings) == 2  # and strip()'s "before the ranks were frozen"
     td.truncate()  # the live model alike
     with torch.no_grad():
         truncated = model(X)
     assert torch.allclose(expected, truncated, atol=1e-5, rtol=1e-4), (expected - truncated).abs().max()
     assert td.current_ranks() == ranks and td.achieved_ratio == pytest.approx(achieved)
-    assert td.compression_rate == pytest.approx(1 - 1 / achieved) and len(warnings) == 2
+    assert td.compression_rate == pytest.approx(1 - 1 / achieved)
+    assert len([w for w in warnings if "fixes the ranks of the current projection" in w]) == 2
 
 
 def test_truncation_keeps_the_quantizers_compression_lr_multiplier():
@@ -735,6 +737,8 @@ def test_default_initial_ratio_is_raised_when_the_target_is_out_of_reach(monkeyp
         return real(plan) if ratio >= 2.3 else 2.0
 
     monkeypatch.setattr(setup, "reachable_ratio", reachable_only_from_2_3)
+    # ... and that a higher ratio may decompose more layers (raising stops once every candidate is decomposed)
+    monkeypatch.setattr(setup, "_kept_dense", lambda plan: ["a layer the selection kept dense"])
     section = {"algorithm": "tensor_decomposition", "budget": {"metric": "params", "target_ratio": 3.0},
                "rank_learning": {"num_epochs": 2}}
     ctrl, model = compress(td_block=section, quantization=False)
@@ -769,6 +773,7 @@ def test_default_search_falls_back_to_uniform_initial_ranks_when_the_target_stay
         return real(plan) if plan["rank_selection"] == "uniform" else 2.0
 
     monkeypatch.setattr(setup, "reachable_ratio", only_uniform_reaches)
+    monkeypatch.setattr(setup, "_kept_dense", lambda plan: ["a layer the selection kept dense"])
     section = {"algorithm": "tensor_decomposition", "budget": {"metric": "params", "target_ratio": 3.0},
                "rank_learning": {"num_epochs": 2}}
     ctrl, model = compress(td_block=section, quantization=False)
@@ -783,6 +788,57 @@ def test_default_search_falls_back_to_uniform_initial_ranks_when_the_target_stay
     given = {**section, "rank_selection": "search"}
     with pytest.raises(TDConfigError, match=r"rank_learning\.initial_ratio: at .* the selection decomposed"):
         compress(td_block=given, quantization=False)
+
+
+def test_stripping_before_the_freeze_warns_with_the_likely_cause(monkeypatch):
+    """A loop that never calls epoch_step() leaves the budget at its start and never freezes; stripping then warns
+    (naming epoch_step) instead of silently exporting a model short of the target. After the freeze: no warning."""
+    from nncf_tdplugin.rank_learning import controller as controller_module
+
+    warnings = []
+    monkeypatch.setattr(controller_module.nncf_logger, "warning", warnings.append)
+    data = fixed_data()
+    ctrl, model = compress(td_block=block(), quantization=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for x, y in data * 3:  # three "epochs" of steps, no epoch_step()
+        ctrl.scheduler.step()
+        loss = torch.nn.functional.cross_entropy(model(x), y) + ctrl.loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    td = td_ctrl(ctrl)
+    assert td.compression_stage() != CompressionStage.FULLY_COMPRESSED and td.achieved_ratio < 3.0
+    ctrl.strip_model(model, do_copy=True)
+    ours = [w for w in warnings if "before the ranks were frozen" in w]  # (soft masking adds its own warning)
+    assert len(ours) == 1 and "scheduler.epoch_step()" in ours[0] and "target 3.000x" in ours[0]
+
+    warnings.clear()
+    ctrl, model = compress(td_block=block(), quantization=False)
+    run_epochs(ctrl, model, 3, data)
+    assert td_ctrl(ctrl).compression_stage() == CompressionStage.FULLY_COMPRESSED
+    ctrl.strip_model(model, do_copy=True)
+    assert not [w for w in warnings if "before the ranks were frozen" in w], warnings
+
+
+@pytest.mark.parametrize("selection", ["uniform", "search"])
+def test_unreachable_target_with_every_candidate_decomposed_is_not_chased_by_raising_initial_ratio(
+        selection, monkeypatch):
+    """With every candidate layer decomposed at the first initial_ratio, a higher one cannot reach more: the error
+    comes at once, in terms of the user's target, and names what can help. (Raising it used to end in the selector's
+    "budget target_ratio=13.7531 is unreachable", a ratio the user never set.)"""
+    from nncf_tdplugin.rank_learning import setup
+
+    infos = []
+    monkeypatch.setattr(setup.nncf_logger, "info", infos.append)
+    section = {"algorithm": "tensor_decomposition", "budget": {"metric": "params", "target_ratio": 20.0},
+               "rank_selection": selection, "constraints": {"min_rank": 4}, "rank_learning": {"num_epochs": 2}}
+    with pytest.raises(TDConfigError) as info:
+        compress(td_block=section, quantization=False)
+    message = str(info.value)
+    assert message.startswith("tensor_decomposition.rank_learning.initial_ratio: at 4.472 the selection decomposed")
+    assert "below budget.target_ratio 20.0" in message and "13.75" not in message
+    assert "every candidate layer is decomposed already" in message and "constraints.min_rank (4)" in message
+    assert not [m for m in infos if "decomposing again" in m], infos
 
 
 def test_frozen_ranks_that_measure_slower_than_the_grid_are_projected_again(tmp_path, monkeypatch):

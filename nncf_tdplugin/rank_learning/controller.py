@@ -319,6 +319,7 @@ class RankLearningController(TensorDecompositionController):
         """Truncate to the current ranks (a copy stays in step with nothing; the live model updates the plan)."""
         if self.truncated:
             return model
+        self._warn_if_before_the_freeze()
         if do_copy:
             from nncf.common.utils.backend import copy_model
 
@@ -328,6 +329,20 @@ class RankLearningController(TensorDecompositionController):
         else:
             self._truncate_model(model)
         return model
+
+    def _warn_if_before_the_freeze(self) -> None:
+        """Stripping before the schedule froze the ranks at the target is legitimate mid-training (an evaluation
+        export), but at the end of a run it means the schedule never finished, most often because
+        ``scheduler.epoch_step()`` was not called each epoch: the budget then stays where it was, silently."""
+        sched = self._scheduler
+        if self.frozen or sched.override_ratio is not None or not self.plan["layers"]:
+            return
+        nncf_logger.warning(
+            f"{ALGO_NAME}.rank_learning: stripping before the ranks were frozen at the target: the model is "
+            f"{self.achieved_ratio:.3f}x (scheduled {self.current_ratio_value():.3f}x, target "
+            f"{self.rl['target_ratio']:.3f}x), the schedule is at epoch {max(sched.current_epoch, 0)} of freeze_epoch "
+            f"{self.rl['freeze_epoch']} after {sched.current_step + 1} step(s). If this is the final model, call "
+            f"compression_ctrl.scheduler.epoch_step() at the start of every epoch and train until the freeze.")
 
     # --- NNCF's controller API -----------------------------------------------------------------------------------
     def compression_stage(self) -> CompressionStage:

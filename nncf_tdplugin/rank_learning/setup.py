@@ -155,15 +155,28 @@ def initial_plan(make_plan, layers, cfg: TDConfig, retries: int = 3) -> dict[str
 
 
 def _raise_until_reachable(make_plan, layers, cfg: TDConfig, retries: int) -> dict[str, Any]:
+    """Raises ``initial_ratio`` while that can help: while the selection keeps candidate layers dense (a higher
+    ratio may decompose them) and the raised ratio is reachable at all (else the last reachable plan is kept, and
+    :func:`_check_reachable` says why the target is out of reach, in terms of the user's target)."""
     rl = cfg.rank_learning
     r0, target = rl["initial_ratio"], rl["target_ratio"]
+    plan = None
     for attempt in range(retries + 1):
-        plan = make_plan()
+        try:
+            raised = make_plan()
+        except TDConfigError:
+            if plan is None:
+                raise
+            rl["initial_ratio"] = plan["rank_learning"]["initial_ratio"]  # back to the last reachable plan's
+            nncf_logger.info(f"{ALGO_NAME}.rank_learning: that ratio is unreachable; keeping the plan at "
+                             f"initial_ratio {rl['initial_ratio']:.3f}")
+            break
+        plan = raised
         plan["rank_learning"] = budget_info(layers, plan, cfg)
         plan["rank_learning"]["initial_ratio"] = rl["initial_ratio"]
         best = reachable_ratio(plan)
         if (best >= target and not unreachable_additional(plan)) or rl.get("initial_ratio_given") \
-                or attempt == retries:
+                or attempt == retries or not _kept_dense(plan):
             break
         rl["initial_ratio"] = r0 * (target / r0) ** ((attempt + 1) / (retries + 1))
         nncf_logger.info(
@@ -199,6 +212,11 @@ def unreachable_additional(plan: dict[str, Any]) -> list[str]:
     return out
 
 
+def _kept_dense(plan: dict[str, Any]) -> list[str]:
+    """The candidate layers the selection kept dense (the others in ``skipped`` were never candidates)."""
+    return [n for n, why in plan["skipped"].items() if why.startswith(f"{plan['rank_selection']}: ")]
+
+
 def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
     """The target must be reachable by shrinking the gated ranks of the layers decomposed at initial_ratio."""
     target, best = cfg.rank_learning["target_ratio"], reachable_ratio(plan)
@@ -210,11 +228,20 @@ def _check_reachable(plan: dict[str, Any], cfg: TDConfig) -> None:
             f"{', '.join(missed)}; raise initial_ratio, or lower the additional target"
         )
     if best < target:
+        info = plan["rank_learning"]
+        kept_dense = _kept_dense(plan)
+        if kept_dense:  # candidates the selection kept dense at this ratio: a higher one may decompose them
+            hint = (f"raise initial_ratio ({len(kept_dense)} candidate layer(s) the selection kept dense, e.g. "
+                    f"'{kept_dense[0]}', may get decomposed), "
+                    + ("" if cfg.rank_selection == "uniform" else
+                       "use rank_selection 'uniform' (it decomposes every layer that gets cheaper), "))
+        else:  # raising initial_ratio cannot decompose more layers: the limit is the ranks' floor and the scope
+            hint = (f"every candidate layer is decomposed already, so a higher initial_ratio cannot help; lower "
+                    f"constraints.min_rank ({info['min_rank']}) or the rank multiple ({info['rank_multiple']}), "
+                    f"let more layers in ({len(plan['skipped'])} are outside the search: target_scopes, "
+                    f"ignored_scopes, skip_first_layer/skip_last_layer; the statistics list them with the reason), ")
         raise TDConfigError(
             f"{ALGO_NAME}.rank_learning.initial_ratio: at {cfg.rank_learning['initial_ratio']:.3f} the selection "
             f"decomposed {len(plan['layers'])} layer(s), whose ranks can reach at most {best:.3f}x, below "
-            f"budget.target_ratio {target}; raise initial_ratio (more layers get decomposed), "
-            + ("" if cfg.rank_selection == "uniform" else
-               "use rank_selection 'uniform' (it decomposes every layer that gets cheaper), ")
-            + "or lower the target"
+            f"budget.target_ratio {target}; " + hint + "or lower the target"
         )
