@@ -507,7 +507,11 @@ def test_truncate_at_freeze():
     run_epochs(ctrl, model, 1, data)  # a new optimizer trains the truncated model
 
 
-def test_compression_rate_is_settable_in_learning_mode_only():
+def test_compression_rate_is_settable_in_learning_mode_only(monkeypatch):
+    from nncf_tdplugin.rank_learning import controller as controller_module
+
+    infos = []
+    monkeypatch.setattr(controller_module.nncf_logger, "info", infos.append)
     ctrl, _ = compress(td_block=block(), quantization=False)
     td = td_ctrl(ctrl)
     assert 0 < td.compression_rate < td.maximal_compression_rate < 1
@@ -515,7 +519,10 @@ def test_compression_rate_is_settable_in_learning_mode_only():
     assert td.achieved_ratio >= 1 / 0.4 and td.compression_stage() == CompressionStage.FULLY_COMPRESSED
     assert all(torch.equal(g.gate.mask, g.gate.keep) for g in td.groups)
     td.compression_rate = 0.5  # back to a milder budget: masked channels come back
-    assert 2.0 <= td.achieved_ratio < 1 / 0.4
+    assert 2.0 <= td.achieved_ratio < 1 / 0.4 and not [m for m in infos if "compression_rate" in m]
+    td.compression_rate = 0.0  # below the initial decomposition's rate: the initial ranks, and a log line says so
+    said = [m for m in infos if "compression_rate 0.0000 is below" in m]
+    assert len(said) == 1 and f"({td.compression_rate:.4f}" in said[0] and td.compression_rate > 0.1
     fixed, _ = compress(quantization=False)
     with pytest.raises(AttributeError, match="budget.target_ratio"):
         fixed.compression_rate = 0.5

@@ -372,6 +372,12 @@ class RankLearningController(TensorDecompositionController):
         ratio = max(1.0 / (1.0 - value), 1.0)
         self._scheduler.override_ratio = ratio
         self.z_step(ratio, dual=False, hard=True)
+        initial = {name: list(e["ranks"]) for name, e in self.plan["layers"].items()}
+        if ratio < self.achieved_ratio and self.current_ranks() == initial:
+            nncf_logger.info(
+                f"{ALGO_NAME}.rank_learning: compression_rate {value:.4f} is below the rate of the initial "
+                f"decomposition; the ranks stay at their initial values ({self.compression_rate:.4f}, "
+                f"{self.achieved_ratio:.3f}x): they cannot grow beyond the initial ranks")
 
     @property
     def maximal_compression_rate(self) -> float:
