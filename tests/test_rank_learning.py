@@ -847,6 +847,16 @@ def test_unreachable_target_with_every_candidate_decomposed_is_not_chased_by_rai
     assert "every candidate layer is decomposed already" in message and "constraints.min_rank (4)" in message
     assert not [m for m in infos if "decomposing again" in m], infos
 
+    # with candidates kept dense the ratio is raised; a raised ratio the selector cannot reach (13.753 here) keeps
+    # the last reachable plan, and the error is again about the user's target
+    monkeypatch.setattr(setup, "_kept_dense", lambda plan: ["conv2"])
+    with pytest.raises(TDConfigError) as info:
+        compress(td_block=section, quantization=False)
+    message = str(info.value)
+    assert message.startswith("tensor_decomposition.rank_learning.initial_ratio: at 9.457 the selection decomposed")
+    assert "below budget.target_ratio 20.0; raise initial_ratio (1 candidate layer(s)" in message
+    assert [m for m in infos if "keeping the plan at initial_ratio 9.457" in m]
+
 
 def test_frozen_ranks_that_measure_slower_than_the_grid_are_projected_again(tmp_path, monkeypatch):
     """At the freeze the frozen ranks are measured; when the measurement misses the target (here every decomposed

@@ -55,9 +55,9 @@ def tucker2_decompose(weight: torch.Tensor, ranks: tuple[int, int], n_iter_max: 
 
 def leading_left_basis(matrix: np.ndarray, rank: int) -> np.ndarray:
     """The ``rank`` leading left singular vectors of ``matrix`` [m, n] (float64), from ``eigh`` of the m x m Gram
-    matrix when m <= n (a thin SVD otherwise), with a deterministic sign (each column's largest entry positive, as tensorly's ``svd_flip``). Where
-    ``rank`` exceeds the matrix's rank the extra columns are an orthonormal basis of the rest of R^m (tensorly
-    completes with random vectors there); they carry no energy either way."""
+    matrix when m <= n (a thin SVD otherwise), with a deterministic sign (each column's largest entry positive, as
+    tensorly's ``svd_flip``). Where ``rank`` exceeds the matrix's rank the extra columns are an orthonormal basis of
+    the rest of R^m (tensorly completes with random vectors there); they carry no energy either way."""
     m, n = matrix.shape
     if m <= n:
         gram = matrix @ matrix.T
