@@ -46,12 +46,14 @@ def test_tucker2_error_table_matches_truncated_hosvd():
 
 @pytest.mark.parametrize(
     "shape, ranks",
-    [((48, 40, 3, 3), (12, 10)), ((64, 16, 3, 3), (30, 8)), ((8, 96, 3, 3), (8, 80)), ((32, 24, 1, 5), (32, 24))],
+    [((48, 40, 3, 3), (12, 10)), ((64, 16, 3, 3), (30, 8)), ((8, 96, 3, 3), (8, 80)), ((32, 24, 1, 5), (32, 24)),
+     ((96, 8, 3, 3), (40, 6))],
 )
 def test_tucker2_hooi_matches_tensorlys_partial_tucker(shape, ranks):
     """Our HOOI only swaps the per-mode SVD for a Gram eigendecomposition: the sweeps, the errors and (where the
     ranks do not exceed an unfolding's rank) the subspaces must be tensorly's. (8, 96, 3, 3) at R_in 80 makes the
-    mode-1 unfolding tall and rank-deficient (80 > 8 * 9), the completed case."""
+    mode-1 unfolding tall and rank-deficient (80 > 8 * 9), the completed case; (96, 8, 3, 3) at (40, 6) makes the
+    projected mode-0 unfolding tall (96 x 54), the thin-SVD case."""
     from tensorly.decomposition import partial_tucker
 
     from nncf_tdplugin.decomposition._tensorly import numpy_backend
