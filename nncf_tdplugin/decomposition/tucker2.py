@@ -101,6 +101,15 @@ def hooi(
     return core, factors, errors
 
 
+def _gram_basis(matrix: torch.Tensor) -> torch.Tensor:
+    """All left singular vectors of ``matrix`` [m, n] (float64), by decreasing singular value, from ``eigh`` of
+    the m x m Gram matrix (the m - n extra columns of a tall matrix span the rest of R^m)."""
+    gram = matrix @ matrix.T
+    with serial_lapack():
+        _, vectors = torch.linalg.eigh(gram)
+    return vectors.flip(1)
+
+
 def tucker2_relative_errors(weight: torch.Tensor) -> torch.Tensor:
     """Relative error of truncated HOSVD for every rank pair: ``err[r_out, r_in]`` for r in 0..T, 0..S.
 
@@ -112,9 +121,10 @@ def tucker2_relative_errors(weight: torch.Tensor) -> torch.Tensor:
     """
     w = weight.detach().double().cpu()
     t, s = w.shape[:2]
-    # the same bases as HOOI's HOSVD start, complete ([T, T] and [S, S]) so that every rank pair is in the table
-    u_out = torch.from_numpy(leading_left_basis(w.reshape(t, -1).numpy(), t))
-    u_in = torch.from_numpy(leading_left_basis(w.transpose(0, 1).reshape(s, -1).numpy(), s))
+    # torch, not numpy: the latency budget's worker threads start subprocesses while the search runs, and numpy's
+    # OpenBLAS deadlocked in a matrix product there (a test hung in this Gram matrix); torch's BLAS does not
+    u_out = _gram_basis(w.reshape(t, -1))  # [T, T]
+    u_in = _gram_basis(w.transpose(0, 1).reshape(s, -1))  # [S, S]
     g = torch.einsum("ai,abxy,bj->ijxy", u_out, w, u_in)
     energy = g.pow(2).sum(dim=(2, 3))  # [min(T,.), min(S,.)]
     kept = torch.zeros(t + 1, s + 1, dtype=torch.float64)
