@@ -5,9 +5,19 @@ fine-tune it briefly by distillation, export to OpenVINO and compare with the or
     python samples/compress_imagenet_model.py --model resnet18      # torchvision ResNet-18 (random weights)
     python samples/compress_imagenet_model.py --config my.json --finetune-steps 0 --out out/demo
 
-No ImageNet data ships offline: the fine-tune is knowledge distillation from the original model on crops of real
-photographs that ship with scikit-image/scikit-learn (samples/natural_images.py), and "agreement" is top-1
-agreement with the original model's predictions on other crops of the same photos.
+No ImageNet data ships offline. The calibration data (NNCF's range initialisation, the activation-aware
+decomposition's input statistics) and the fine-tune, knowledge distillation from the original model, use crops of
+one set of real photographs that ship with scikit-image/scikit-learn; "agreement" is top-1 agreement with the
+original model's predictions on crops of other photos (samples/natural_images.py, splits "calibration" and
+"evaluation"). Many crops are scenes outside ImageNet's classes, where the original's top-1 is itself a near tie;
+"confident agreement" counts only the crops the original classifies with probability above 0.5.
+
+The fine-tune keeps every BatchNorm in eval mode (a few photos would overwrite ImageNet's running statistics) and
+matches logits (MSE) at a small learning rate. Measured on this demo's held-out photos (2026-12-07), the earlier
+fine-tune (BatchNorm in train mode, KL, lr 1e-4) left the decomposed model at 0.56 agreement (0.55 with INT8); this
+one gives 0.86 (0.82 with INT8), and lifts NNCF's INT8 of the original model from 0.75 to 0.85.
+``decomposition.activation_aware`` is left off: calibrated on these nine photos it agreed better on other crops of
+the same photos (0.93 against 0.77 before fine-tuning) but worse on the held-out ones (0.83 against 0.86).
 
 The table compares four OpenVINO IRs: the original model (f32 weights), the original quantized by NNCF (INT8),
 the decomposed model without quantization and the decomposed + INT8 model of the config. Latency is measured by
@@ -76,23 +86,25 @@ def macs_of(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def distill(ctrl, model, teacher, steps: int, batch_size: int, lr: float, seed: int) -> None:
-    """KL(teacher || student) on unlabeled photo crops, plus the compression loss."""
+    """Logit matching (MSE to the teacher's logits) on unlabeled calibration-photo crops, plus the compression
+    loss, with every BatchNorm kept in eval mode."""
     if steps <= 0:
         return
-    data = crops(steps * batch_size, seed=seed)
+    data = crops(steps * batch_size, seed=seed, split="calibration")
     with torch.no_grad():
         targets = torch.cat([teacher(data[i:i + 64]) for i in range(0, len(data), 64)])
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()  # keep ImageNet's running statistics: a few photos are not ImageNet
     ctrl.scheduler.epoch_step()
     start = time.perf_counter()
     for step in range(steps):
         ctrl.scheduler.step()
         x = data[step * batch_size:(step + 1) * batch_size]
         t = targets[step * batch_size:(step + 1) * batch_size]
-        logits = model(x)
-        loss = torch.nn.functional.kl_div(logits.log_softmax(1), t.log_softmax(1), log_target=True,
-                                          reduction="batchmean") + ctrl.loss()
+        loss = torch.nn.functional.mse_loss(model(x), t) + ctrl.loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -110,7 +122,7 @@ def build(model_name, config_dict, init_data, teacher, args, with_td: bool, with
     loader = torch.utils.data.DataLoader([(x, 0) for x in init_data], batch_size=8)
     cfg = register_default_init_args(cfg, loader)
     ctrl, model = create_compressed_model(load_model(model_name), cfg)
-    if with_td:
+    if with_td or with_q:  # the original INT8 model gets the same fine-tune (quantization-aware) as ours
         distill(ctrl, model, teacher, args.finetune_steps, args.batch_size, args.lr, seed=args.seed + 1)
     return ctrl, model
 
@@ -122,8 +134,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="out/demo")
     parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--eval-images", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--calibration-images", type=int, default=32,
+                        help="crops for NNCF's init data loader (range init, activation-aware statistics)")
+    parser.add_argument("--eval-images", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -135,11 +149,14 @@ def main(argv=None) -> dict:
     nncf_tdplugin.validate_config(config_dict)
 
     teacher = load_model(args.model)
-    eval_x = crops(args.eval_images, seed=args.seed + 100)
-    init_x = crops(32, seed=args.seed + 200)
+    eval_x = crops(args.eval_images, seed=args.seed + 100, split="evaluation")
+    init_x = crops(args.calibration_images, seed=args.seed + 200, split="calibration")
     example = eval_x[:1]
     with torch.no_grad():
         reference = teacher(eval_x)
+    confident = reference.softmax(1).max(1).values > 0.5
+    print(f"evaluation: {args.eval_images} crops of held-out photos, {int(confident.sum())} of them classified by "
+          f"the original with probability > 0.5")
 
     variants = {"original f32": (False, False), "original int8": (False, True),
                 "decomposed f32": (True, False), "decomposed int8": (True, True)}
@@ -160,6 +177,7 @@ def main(argv=None) -> dict:
             "macs": macs_of(deployable, example),
             "ir_mb": (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20,
             "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
+            "confident_top1_agreement": float((logits.argmax(1) == reference.argmax(1))[confident].float().mean()),
             "rel_logit_error": float((logits - reference).norm() / reference.norm()),
         })
     ran_in = {}
@@ -174,17 +192,22 @@ def main(argv=None) -> dict:
 
     default_label = f"default={ran_in['default']} ms"
     header = (f"{'variant':<16}{'params':>10}{'MACs':>10}{'IR MB':>8}{'f32 ms':>9}{default_label:>18}"
-              f"{'top-1 agree':>13}{'logit err':>11}")
+              f"{'top-1 agree':>13}{'confident':>11}{'logit err':>11}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         print(f"{r['variant']:<16}{r['params'] / 1e6:>9.2f}M{r['macs'] / 1e6:>9.0f}M{r['ir_mb']:>8.2f}"
               f"{r['latency_ms_f32']:>9.2f}{r['latency_ms_default']:>18.2f}{r['top1_agreement']:>13.3f}"
+              f"{r['confident_top1_agreement']:>11.3f}"
               f"{r['rel_logit_error']:>11.3f}")
     print(f"(OpenVINO CPU, {args.threads} threads, latency hint, median of interleaved repeats; 'f32' pinned with "
           f"INFERENCE_PRECISION_HINT (ran in {ran_in['f32']}); 'default' is the precision this CPU picks without a "
           f"hint, reported by OpenVINO as {ran_in['default']} (INT8 models run their quantized layers in INT8 "
-          f"either way); agreement: top-1 vs the original torch model on {args.eval_images} photo crops)")
-    result = {"model": args.model, "config": config_dict, "finetune_steps": args.finetune_steps, "rows": rows}
+          f"either way); agreement: top-1 vs the original torch model on {args.eval_images} crops of photos that neither "
+          f"calibration nor fine-tuning saw; confident: on the {int(confident.sum())} crops the original classifies "
+          f"with probability > 0.5)")
+    result = {"model": args.model, "config": config_dict, "finetune_steps": args.finetune_steps, "lr": args.lr,
+              "calibration_images": args.calibration_images, "eval_images": args.eval_images,
+              "confident_eval_images": int(confident.sum()), "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {out / 'results.json'}")
     return result
