@@ -23,7 +23,9 @@ Measured on this machine (2 CPU cores shared with other jobs, torch.set_num_thre
   ~0.1 TFLOP per step.
 
 * 4 epochs (the default since 2026-11-30, with the recipe fixes below) -> **92.88 %**, 1112 s of training on a
-  quiet 2-core Intel Xeon (203 s per epoch after the first, which shared the cores with a test run).
+  quiet 2-core Intel Xeon (203 s per epoch after the first, which shared the cores with a test run). The same
+  command on a 2-core AMD EPYC with AVX2 only, from an empty cache (2026-12-07) -> **92.56 %**, 1578 s. The
+  training is seeded but not bit-reproducible across CPUs: their SIMD kernels round differently.
 
 * ResNet-18's own widths (64, 128, 256, 512) = 11.2 M parameters, `--widths 64,128,256,512 --epochs 3` ->
   **92.50 %**, 2563 s of training (~690 s per epoch when the cores were not shared; the first epoch shared them with
