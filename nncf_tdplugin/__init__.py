@@ -22,6 +22,7 @@ def _enable_legacy_tracing() -> None:
                 f"{_ENV}=1 before importing nncf_tdplugin."
             )
         os.environ[_ENV] = "1"
+        _device_constructors()  # built now, before NNCF wraps the factory functions (see _keep_device_contexts)
         import nncf.torch  # noqa: F401  (wraps the torch operators now, with the variable set)
         return
     from nncf.torch.dynamic_graph.patch_pytorch_state import PATCHING_STATE
@@ -34,7 +35,43 @@ def _enable_legacy_tracing() -> None:
         )
 
 
+def _device_constructors():
+    """torch's set of tensor factory functions that a device context (``with torch.device("meta"):``) applies to,
+    or None where this torch has no such set."""
+    try:
+        from torch.utils._device import _device_constructors as constructors
+
+        return constructors()
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
+def _keep_device_contexts() -> None:
+    """Make ``with torch.device(...)`` work under NNCF's legacy tracing.
+
+    The legacy tracing replaces ``torch.empty``, ``torch.tensor``, ``torch.arange`` and the other factory functions
+    with wrappers. A device context recognises the factory functions by identity, in a set that torch builds once,
+    on first use. If that set is built after NNCF's patching it holds the wrappers, and the context stops applying:
+    under ``with torch.device("meta")`` tensors are created on the CPU. transformers 5 builds models under that
+    context, so a BERT loaded after ``import nncf.torch`` had uninitialised ``position_ids`` and
+    ``token_type_ids`` buffers, and failed or computed with garbage. The wrappers call the original functions, and
+    those are what the context is handed. So the originals are added to the set, whatever the import order was.
+    """
+    constructors = _device_constructors()
+    if not isinstance(constructors, set):
+        return
+    from nncf.torch.dynamic_graph.patch_pytorch import ORIGINAL_OPERATORS
+
+    originals = {}
+    for info in ORIGINAL_OPERATORS:
+        current = getattr(info.namespace, info.name, None)
+        if current is not None and current is not info.op:
+            originals[current] = info.op
+    constructors.update([originals[f] for f in list(constructors) if f in originals])
+
+
 _enable_legacy_tracing()
+_keep_device_contexts()
 
 from nncf_tdplugin.nncf_integration import register as _register  # noqa: E402
 

@@ -217,3 +217,26 @@ def test_import_after_nncf_torch_without_legacy_tracing_says_what_to_do():
     assert "NNCF_TORCH_LEGACY_TRACING=1" in result.stderr
     ok = _run("import nncf.torch; import nncf_tdplugin; print('ok')", {"NNCF_TORCH_LEGACY_TRACING": "1"})
     assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+_META_CHECK = (
+    "import torch\n"
+    "with torch.device('meta'):\n"
+    "    made = [torch.empty(2), torch.tensor([1.0]), torch.arange(3), torch.zeros(1), torch.nn.Linear(2, 2).weight]\n"
+    "print(' '.join(t.device.type for t in made), torch.empty(1).device.type)\n"
+)
+
+
+@pytest.mark.parametrize("before", [
+    "import nncf_tdplugin\n",
+    # NNCF patched first and the device context used once, so torch built its set of factory functions from the
+    # wrappers; importing the plugin afterwards must repair it
+    "import nncf.torch, torch\nwith torch.device('meta'):\n    torch.empty(1)\nimport nncf_tdplugin\n",
+])
+def test_device_context_applies_under_nncf_legacy_tracing(before):
+    """``with torch.device('meta')`` must still create meta tensors once NNCF's legacy tracing has wrapped torch's
+    factory functions: transformers 5 builds models under it, and without the repair a BERT loaded after the
+    import had uninitialised position_ids (garbage indices: a crash, or wrong embeddings)."""
+    result = _run(before + _META_CHECK, {"NNCF_TORCH_LEGACY_TRACING": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "meta meta meta meta meta cpu"
