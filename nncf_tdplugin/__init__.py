@@ -22,7 +22,6 @@ def _enable_legacy_tracing() -> None:
                 f"{_ENV}=1 before importing nncf_tdplugin."
             )
         os.environ[_ENV] = "1"
-        _device_constructors()  # built now, before NNCF wraps the factory functions (see _keep_device_contexts)
         import nncf.torch  # noqa: F401  (wraps the torch operators now, with the variable set)
         return
     from nncf.torch.dynamic_graph.patch_pytorch_state import PATCHING_STATE
@@ -42,7 +41,7 @@ def _device_constructors():
         from torch.utils._device import _device_constructors as constructors
 
         return constructors()
-    except (ImportError, AttributeError, TypeError):
+    except (ImportError, AttributeError):
         return None
 
 

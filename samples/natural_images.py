@@ -10,6 +10,8 @@ or fine-tuned on the first is measured on scenes it never saw. "all" is the orig
 the rank-search benchmark's recorded results.
 """
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -52,7 +54,8 @@ def photos(split: str = "all") -> list[np.ndarray]:
     for source, name in SPLITS[split]:
         try:
             img = _load(source, name)
-        except Exception:  # noqa: BLE001 - a missing package, or a file that needs a download: not possible here
+        except Exception as error:  # noqa: BLE001 - a missing package, or a file that needs a download
+            warnings.warn(f"photo {source}:{name} of split {split!r} is left out: it did not load ({error!r})")
             continue
         if img.ndim == 2:
             img = np.repeat(img[:, :, None], 3, axis=2)
