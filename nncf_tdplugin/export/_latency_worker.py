@@ -25,7 +25,9 @@ import openvino as ov  # noqa: E402
 def _parse_args():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("xml")
-    p.add_argument("--shape", required=True, help="comma-separated input shape, e.g. 1,3,224,224")
+    p.add_argument("--shape", required=True,
+                   help="comma-separated input shape, e.g. 1,3,224,224; for a model with several inputs one shape "
+                        "per input, in the model's input order, separated by ';' (e.g. 1,64;1,64)")
     p.add_argument("--precision", choices=("f32", "bf16", "default"), default="f32")
     p.add_argument("--threads", type=int, default=0, help="0: OpenVINO's choice")
     p.add_argument("--warmup", type=int, default=20)
@@ -39,7 +41,7 @@ def _random_input(port, shape):
     dtype = port.get_element_type().to_dtype()
     if np.issubdtype(dtype, np.floating):
         return np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    return np.zeros(shape, dtype)  # integer inputs (token ids, masks): zeros are valid everywhere
+    return np.ones(shape, dtype)  # integer inputs: ones are a valid token id, and an attention mask that attends
 
 
 def main() -> None:
@@ -53,27 +55,29 @@ def main() -> None:
         config["PERF_COUNT"] = True
     core = ov.Core()
     model = core.read_model(a.xml)
-    if len(model.inputs) != 1:
-        sys.exit(f"{a.xml} has {len(model.inputs)} inputs; the latency worker feeds exactly one")
-    shape = [int(s) for s in a.shape.split(",")]
+    shapes = [[int(s) for s in part.split(",")] for part in a.shape.split(";")]
+    if len(shapes) != len(model.inputs):
+        sys.exit(f"{a.xml} has {len(model.inputs)} input(s); got {len(shapes)} shape(s): {a.shape}")
     # Time every IR at the same static shape: an IR with a dynamic dimension (ov.convert_model's default, e.g. the
     # batch) is otherwise compiled for dynamic shapes, whose per-node shape inference and memory handling cost time
     # on every inference, more the more nodes the graph has (measured: ~10% of a decomposed ResNet's INT8 latency).
-    declared = model.input(0).get_partial_shape()
-    if not declared.compatible(ov.PartialShape(shape)):
-        sys.exit(f"{a.xml}: input shape {declared} cannot take the timed shape {shape}")
-    was_dynamic = declared.is_dynamic
+    was_dynamic = False
+    for port, shape in zip(model.inputs, shapes):
+        declared = port.get_partial_shape()
+        if not declared.compatible(ov.PartialShape(shape)):
+            sys.exit(f"{a.xml}: input {port.get_any_name()!r} of shape {declared} cannot take the timed shape {shape}")
+        was_dynamic = was_dynamic or declared.is_dynamic
     if was_dynamic:
-        model.reshape({model.input(0): ov.PartialShape(shape)})
+        model.reshape({port: ov.PartialShape(shape) for port, shape in zip(model.inputs, shapes)})
     compiled = core.compile_model(model, "CPU", config)
-    x = _random_input(compiled.input(0), shape)
+    x = {i: _random_input(compiled.input(i), shape) for i, shape in enumerate(shapes)}
     request = compiled.create_infer_request()
     for _ in range(a.warmup):
-        request.infer({0: x})
+        request.infer(x)
     times, by_type, by_kernel, count = [], defaultdict(float), defaultdict(float), defaultdict(int)
     for _ in range(a.iterations):
         t0 = time.perf_counter()
-        request.infer({0: x})
+        request.infer(x)
         times.append((time.perf_counter() - t0) * 1e3)
         if a.profile:  # get_profiling_info() describes the last inference only: accumulate
             for info in request.get_profiling_info():

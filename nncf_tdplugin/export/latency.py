@@ -57,7 +57,7 @@ def _worker_env(threads: Optional[int]) -> dict:
 
 def _run_worker(xml, shape, precision, threads, warmup, iterations, profile, timeout_s) -> dict:
     # A script, not "python -m nncf_tdplugin...": importing the package would import nncf.torch and torch.
-    cmd = [sys.executable, str(_WORKER), str(xml), "--shape", ",".join(str(int(s)) for s in shape),
+    cmd = [sys.executable, str(_WORKER), str(xml), "--shape", _shape_arg(shape),
            "--precision", precision, "--threads", str(threads or 0), "--warmup", str(warmup),
            "--iterations", str(iterations)]
     if profile:
@@ -74,6 +74,18 @@ def _run_worker(xml, shape, precision, threads, warmup, iterations, profile, tim
     return result
 
 
+def _shapes(shape) -> list:
+    """``shape`` as a list of input shapes: a flat shape is a model's single input; a sequence of shapes gives one
+    per input, in the model's input order (token ids and attention mask)."""
+    if shape and all(isinstance(s, (list, tuple)) for s in shape):  # (torch.Size is a tuple of ints)
+        return [list(s) for s in shape]
+    return [list(shape)]
+
+
+def _shape_arg(shape) -> str:
+    return ";".join(",".join(str(int(d)) for d in s) for s in _shapes(shape))
+
+
 def _check(models, precision, threads, warmup, iterations, repeats) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -86,14 +98,17 @@ def _check(models, precision, threads, warmup, iterations, repeats) -> None:
     for xml, shape in models:
         if not pathlib.Path(xml).is_file():
             raise FileNotFoundError(f"no OpenVINO IR at {str(xml)!r}")
-        if not shape or any(int(s) < 1 for s in shape):
-            raise ValueError(f"input shape for {xml} must be positive integers, got {shape!r}")
+        if not shape or any(not s or any(int(d) < 1 for d in s) for s in _shapes(shape)):
+            raise ValueError(f"input shape for {xml} must be positive integers (or one such shape per input), "
+                             f"got {shape!r}")
 
 
 def measure_many(models: Sequence[tuple], precision: str = "f32", threads: Optional[int] = 2, warmup: int = 20,
                  iterations: int = 100, repeats: int = 5, interleave: bool = True, profile: bool = False,
                  timeout_s: float = 600) -> list:
-    """Latency of each ``(xml_path, input_shape)``, one :class:`LatencyResult` per model, in order.
+    """Latency of each ``(xml_path, input_shape)``, one :class:`LatencyResult` per model, in order. For a model
+    with several inputs ``input_shape`` is a list of shapes, one per input in the model's order (e.g.
+    ``[[1, 64], [1, 64]]`` for token ids and attention mask; integer inputs are fed ones).
 
     Each repeat is one worker process (compile, ``warmup`` untimed and ``iterations`` timed synchronous
     inferences on random input). Every IR is compiled for the static ``input_shape``: one with a dynamic input

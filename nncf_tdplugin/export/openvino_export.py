@@ -10,7 +10,7 @@ may be run as a script from this directory without dropping the directory from `
 """
 
 import pathlib
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import openvino as ov
@@ -96,17 +96,25 @@ def compile_openvino(model_or_path, precision: str = "f32", threads: Optional[in
     return core.compile_model(_read(model_or_path, core), "CPU", config)
 
 
-def run_openvino(compiled: ov.CompiledModel, inputs: Union[torch.Tensor, np.ndarray], batch: int = 1) -> np.ndarray:
-    """First output of a single-input model for ``inputs`` [N, ...], run ``batch`` samples per request.
+def run_openvino(compiled: ov.CompiledModel, inputs: Union[torch.Tensor, np.ndarray, Sequence], batch: int = 1
+                 ) -> np.ndarray:
+    """First output of the model for ``inputs``: one array [N, ...], or a tuple/list with one array [N, ...] per
+    model input, in the model's input order (e.g. token ids and attention mask); ``batch`` samples per request.
 
     Batch 1 by default: that is the shape latency is measured at, and an IR converted from a batch-1 example may
     not accept other batch sizes.
     """
-    x = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
+    arrays = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
+    arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in arrays]
+    if len(arrays) != len(compiled.inputs):
+        raise ValueError(f"the model has {len(compiled.inputs)} input(s), got {len(arrays)} array(s): pass one "
+                         f"array, or a tuple with one array per input")
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"inputs differ in their first (sample) dimension: {[len(a) for a in arrays]}")
     request = compiled.create_infer_request()
     outs = []
-    for i in range(0, len(x), batch):
-        request.infer({0: x[i:i + batch]})
+    for i in range(0, len(arrays[0]), batch):
+        request.infer({k: a[i:i + batch] for k, a in enumerate(arrays)})
         outs.append(request.get_output_tensor(0).data.copy())
     return np.concatenate(outs)
 
