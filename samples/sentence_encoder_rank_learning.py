@@ -175,6 +175,15 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    config_dict = json.loads(pathlib.Path(args.config).read_text())  # checked before the model is loaded
+    specs = config_dict.get("input_info")
+    if not (isinstance(specs, list) and len(specs) == 2 and all(isinstance(x, dict) for x in specs)):
+        raise SystemExit(f"{args.config}: input_info must list two inputs (token ids, attention mask) of type "
+                         f"\"long\", as samples/configs/minilm_rank_learning.json does; got {specs!r}")
+    for spec in specs:
+        spec["sample_size"] = [1, args.seq_len]
+    if not any(b.get("algorithm") == "tensor_decomposition" for b in config_dict.get("compression", [])):
+        raise SystemExit(f"{args.config} has no tensor_decomposition block")
 
     bert, tokenizer = load_minilm()
     for module in bert.modules():  # distillation from a deterministic teacher
@@ -193,13 +202,6 @@ def main(argv=None) -> int:
     example = (data["test"][0][:1], data["test"][1][:1])
     original_xml = None if args.no_latency else export_openvino(model, example, out / "original.xml")
 
-    config_dict = json.loads(pathlib.Path(args.config).read_text())
-    specs = config_dict.get("input_info")
-    if not (isinstance(specs, list) and len(specs) == 2 and all(isinstance(x, dict) for x in specs)):
-        raise SystemExit(f"{args.config}: input_info must list two inputs (token ids, attention mask) of type "
-                         f"\"long\", as samples/configs/minilm_rank_learning.json does; got {specs!r}")
-    for spec in specs:
-        spec["sample_size"] = [1, args.seq_len]
     loader = torch.utils.data.DataLoader(DistillationSet(*data["train"], teacher["train"]),
                                          batch_size=args.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(0))
@@ -213,8 +215,6 @@ def main(argv=None) -> int:
     config = register_default_init_args(nncf.NNCFConfig.from_dict(config_dict), InitLoader(loader))
     ctrl, compressed = create_compressed_model(model, config)
     td = td_controller(ctrl)
-    if td is None:
-        raise SystemExit(f"{args.config} has no tensor_decomposition block")
     stats = td.statistics().tensor_decomposition
     before = {"params": stats.params_before, "linear_macs": stats.macs_before}
     initial = agreement(embed(compressed, *data["validation"]), teacher["validation"])
