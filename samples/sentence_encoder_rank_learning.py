@@ -118,14 +118,6 @@ def agreement(emb, ref) -> dict:
             "neighbour_agreement": float((s_ref.argmax(1) == s_emb.argmax(1)).float().mean())}
 
 
-def schedule_end(config: dict) -> int:
-    block = next(a for a in config["compression"] if a["algorithm"] == "tensor_decomposition")
-    rl = block.get("rank_learning", {})
-    if rl.get("schedule") == "multistep":
-        return max(rl.get("freeze_epoch", 0), rl["multistep_epochs"][-1])
-    return max(rl.get("freeze_epoch", 0), rl.get("num_epochs", 5))
-
-
 def distill(ctrl, model, loader, epochs, lr, weight, validate, log=print):
     """NNCF's loop: epoch_step() per epoch, step() per batch, distillation loss + ctrl.loss(); AdamW, cosine decay."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -156,7 +148,8 @@ def distill(ctrl, model, loader, epochs, lr, weight, validate, log=print):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default: end of the schedule + 1)")
+    parser.add_argument("--epochs", type=int,
+                        help="fine-tuning epochs (default: the epoch the ranks freeze + 1; 3 without rank_learning)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--distill-weight", type=float, default=10.0, help="weight of the 1 - cosine loss")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -210,7 +203,6 @@ def main(argv=None) -> int:
             block["rank_learning"].setdefault("steps_per_epoch", len(loader))
             if args.quick:
                 block["rank_learning"]["update_every"] = 5
-    epochs = args.epochs or schedule_end(config_dict) + 1
     precision = "INT8" if any(b["algorithm"] == "quantization" for b in config_dict["compression"]) else "f32"
     config = register_default_init_args(nncf.NNCFConfig.from_dict(config_dict), InitLoader(loader))
     ctrl, compressed = create_compressed_model(model, config)
@@ -219,9 +211,11 @@ def main(argv=None) -> int:
     before = {"params": stats.params_before, "linear_macs": stats.macs_before}
     initial = agreement(embed(compressed, *data["validation"]), teacher["validation"])
     learning = getattr(td, "rl", None)  # None: the ranks are fixed at build time (data-free search + fine-tune)
+    # default: one epoch at the frozen ranks after the schedule (the parsed config's freeze_epoch), or 3 epochs
+    epochs = args.epochs or (learning["freeze_epoch"] + 1 if learning else 3)
     print(f"decomposed at {stats.achieved_ratio:.3f}x {stats.budget_metric} (validation cosine "
           f"{initial['cosine_mean']:.4f} before training), "
-          + (f"learning ranks to {learning['target_ratio']:.3f}x over {schedule_end(config_dict)} epochs; "
+          + (f"learning ranks to {learning['target_ratio']:.3f}x over {learning['schedule_end']} epochs; "
              if learning else "ranks fixed; ") + f"fine-tuning {epochs} epochs")
 
     def validate(m):
